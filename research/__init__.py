@@ -1,0 +1,1 @@
+"""The history of convolutional networks in JAX/Flax: ops, models, data, training, evaluation."""

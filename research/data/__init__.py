@@ -1,0 +1,1 @@
+"""Offline TFDS builders, the grain input pipeline and the per-record transforms."""

@@ -1,0 +1,112 @@
+"""Data sets by name: the offline builders of this package and real TFDS data sets.
+
+`data_source(name, split)` returns a random-access source (len, __getitem__)
+of dicts {"image": uint8 [H, W, C], "label": int}. Offline data sets are
+prepared on first use; real ones must have been prepared by the user in the
+array_record format, and an unprepared one raises an error that says how.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import importlib
+import os
+from typing import Any
+
+import tensorflow_datasets as tfds
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """What the pipeline needs to know about a data set.
+
+  image_shape: (H, W, C) of the stored images, H and W None when they vary.
+  builder: "module.Class" of an offline builder of this package, else None.
+  """
+
+  name: str
+  image_shape: tuple[Any, Any, int]
+  num_classes: int
+  train_split: str = "train"
+  test_split: str = "test"
+  builder: str | None = None
+
+
+DATASETS = {
+    spec.name: spec for spec in (
+        DatasetSpec("mnist5k", (28, 28, 1), 10, builder="research.data.mnist5k.Mnist5k"),
+        DatasetSpec("digits", (8, 8, 1), 10, builder="research.data.digits.Digits"),
+        DatasetSpec("mnist", (28, 28, 1), 10),
+        DatasetSpec("cifar10", (32, 32, 3), 10),
+        DatasetSpec("imagenet2012", (None, None, 3), 1000, test_split="validation"),
+    )
+}
+
+
+def get_spec(name: str) -> DatasetSpec:
+  """The spec of data set `name`; ValueError listing the known names otherwise."""
+  if name not in DATASETS:
+    raise ValueError(
+        f"dataset: unknown data set {name!r}; expected one of {sorted(DATASETS)}.")
+  return DATASETS[name]
+
+
+@contextlib.contextmanager
+def _prepare_lock(data_dir: str, name: str):
+  # Two processes of one multi-host run may both find the data set unprepared.
+  os.makedirs(data_dir, exist_ok=True)
+  with open(os.path.join(data_dir, f".{name}.lock"), "w") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _offline_builder(spec: DatasetSpec, data_dir: str) -> tfds.core.DatasetBuilder:
+  module, cls = spec.builder.rsplit(".", 1)
+  builder_cls = getattr(importlib.import_module(module), cls)
+  builder = builder_cls(data_dir=data_dir, file_format="array_record")
+  if not builder.is_prepared():
+    with _prepare_lock(data_dir, spec.name):
+      builder = builder_cls(data_dir=data_dir, file_format="array_record")
+      if not builder.is_prepared():
+        builder.download_and_prepare()
+  return builder
+
+
+def _prepared_builder(spec: DatasetSpec, data_dir: str) -> tfds.core.DatasetBuilder:
+  builder = tfds.builder(spec.name, data_dir=data_dir)
+  if not builder.is_prepared():
+    raise FileNotFoundError(
+        f"dataset: {spec.name!r} is not prepared in data_dir={data_dir!r} (looked in "
+        f"{builder.data_dir}). Prepare it once, where it can be downloaded, in the array_record "
+        f"format: `tfds build {spec.name} --data_dir={data_dir} --file_format=array_record` "
+        "(needs tensorflow), or point --config.data_dir at a directory that has it.")
+  return builder
+
+
+def data_source(name: str, split: str, *, data_dir: str | None = None):
+  """A random-access source of {"image": uint8 [H, W, C], "label": int} records.
+
+  Args:
+    name: a key of DATASETS.
+    split: a TFDS split, e.g. "train", "test", "train[:90%]".
+    data_dir: the TFDS data directory; None for TFDS's default.
+  """
+  spec = get_spec(name)
+  data_dir = os.path.expanduser(data_dir or tfds.core.constants.DATA_DIR)
+  if spec.builder:
+    builder = _offline_builder(spec, data_dir)
+  else:
+    builder = _prepared_builder(spec, data_dir)
+  try:
+    return builder.as_data_source(split=split)
+  except (NotImplementedError, ValueError) as e:
+    raise ValueError(
+        f"dataset: cannot read split {split!r} of {spec.name!r} from {builder.data_dir}: {e}. "
+        "Random access needs the array_record format; convert with "
+        f"`tfds convert_format --root_data_dir={data_dir} --out_file_format=array_record`."
+    ) from e

@@ -1,0 +1,1 @@
+"""Evaluation: classification accuracy; later VOC/COCO AP and segmentation mean IU."""

@@ -1,0 +1,44 @@
+"""Flax linen models, one file per family; configs name them by import path (`lenet.LeNet5`)."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import pkgutil
+
+import flax.linen as nn
+
+# Helper modules of this package that hold no model.
+_NOT_FAMILIES = ("inputs",)
+
+
+def families() -> list[str]:
+  """The model families: the modules of this package, e.g. ["lenet", ...]."""
+  return sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in _NOT_FAMILIES)
+
+
+def variants(module) -> list[str]:
+  """The public Flax modules and their partials defined in `module`."""
+  def is_model(v):
+    v = v.func if isinstance(v, functools.partial) else v
+    return isinstance(v, type) and issubclass(v, nn.Module)
+  return sorted(k for k, v in vars(module).items() if not k.startswith("_") and is_model(v))
+
+
+def resolve(name: str):
+  """`"FAMILY.VARIANT"` (e.g. "lenet.LeNet5") -> the module class or partial.
+
+  A name that does not resolve raises ValueError listing the valid ones.
+  """
+  family, _, variant = name.rpartition(".")
+  if family not in families():
+    raise ValueError(
+        f"model: unknown model {name!r}; expected 'FAMILY.VARIANT' with FAMILY one of "
+        f"{families()}.")
+  module = importlib.import_module(f"{__name__}.{family}")
+  valid = [v for v in variants(module) if getattr(module, v).__module__ == module.__name__
+           or isinstance(getattr(module, v), functools.partial)]
+  if variant not in valid:
+    raise ValueError(
+        f"model: unknown model {name!r}; {family} has {[f'{family}.{v}' for v in valid]}.")
+  return getattr(module, variant)

@@ -1,0 +1,1 @@
+"""Pure array functions, no Flax and no state: convolution, pooling, kernels, boxes, RoIs."""

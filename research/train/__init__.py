@@ -1,0 +1,1 @@
+"""Training: the state, pure jit/pmap steps, the loop, checkpoints, optimizers, metric writer."""

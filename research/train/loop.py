@@ -1,0 +1,195 @@
+"""The training loop: one readable function from a config to `results.json`.
+
+A run writes into its workdir: config.json, metrics.jsonl, tensorboard/,
+checkpoints/ (state and input-iterator position), figures/*.png and
+results.json. Started again with the same workdir, it resumes from the last
+good checkpoint and ends with the same parameters as a run never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+
+import jax
+import numpy as np
+from ml_collections import ConfigDict
+from tqdm.auto import tqdm
+
+from research import models
+from research.data import datasets, pipeline, transforms
+from research.evaluate import classification as evaluate
+from research.train import classification, optimizers, steps
+from research.train.checkpoints import Checkpointer
+from research.train.parallel import DataParallel
+from research.train.state import create_train_state, param_count, param_fingerprint
+from research.train.writer import MetricWriter, read_metrics
+
+log = logging.getLogger(__name__)
+
+
+def check_workdir(workdir: str) -> str:
+  """Creates `workdir` if needed; ValueError if it cannot be written."""
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=workdir):
+      pass
+  except OSError as e:
+    raise ValueError(f"workdir: expected a writable directory; {workdir!r} is not ({e}).") from e
+  return workdir
+
+
+def _first_nonfinite(pending: list) -> tuple[int, float] | None:
+  """(step, loss) of the first non-finite loss among (step, device loss) pairs."""
+  values = jax.device_get([loss for _, loss in pending])
+  for (step, _), value in zip(pending, values):
+    if not np.isfinite(value):
+      return step, float(value)
+  return None
+
+
+def _input_fns(config: ConfigDict, spec: datasets.DatasetSpec, num_classes: int):
+  transform = transforms.ClassificationTransform(
+      num_classes=num_classes, pad=config.input.pad, value_range=tuple(config.input.value_range))
+  shift = config.input.get("random_shift", 0)
+  random_transform = (transforms.RandomShift(shift, fill=config.input.value_range[0])
+                      if shift else None)
+  return transform, random_transform
+
+
+def evaluate_split(config, state, eval_fn, parallel, source, transform) -> dict:
+  """Accuracy and loss over every record of `source` (the whole split)."""
+  totals = None
+  for batch in pipeline.eval_batches(source, global_batch_size=config.eval_batch_size,
+                                     transform=transform):
+    sums = eval_fn(state, parallel.put_batch(batch))
+    totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
+  return evaluate.summarize(parallel.single(totals))
+
+
+def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
+  """Trains `config.model` on `config.dataset`, evaluates, and returns results.json's dict."""
+  start = time.time()
+  workdir = check_workdir(workdir)
+  is_main = jax.process_index() == 0
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  spec = datasets.get_spec(config.dataset)
+  num_classes = config.get("num_classes") or spec.num_classes
+  model = models.resolve(config.model)(num_classes=num_classes, **config.get("model_kwargs", {}))
+  parallel = DataParallel(config.parallelism)
+  parallel.check_batch_size(config.batch_size)
+  parallel.check_batch_size(config.eval_batch_size, "eval_batch_size")
+  transform, random_transform = _input_fns(config, spec, num_classes)
+  train_source = datasets.data_source(config.dataset, spec.train_split, data_dir=config.data_dir)
+  test_source = datasets.data_source(config.dataset, spec.test_split, data_dir=config.data_dir)
+  train_iter = pipeline.train_iterator(
+      train_source, global_batch_size=config.batch_size, seed=config.seed,
+      transform=transform, random_transform=random_transform)
+
+  tx = optimizers.make_optimizer(config.optimizer, config.total_steps)
+  schedule = optimizers.make_schedule(config.optimizer, config.total_steps)
+  first = train_source[0]
+  input_shape = transform({k: np.asarray(v)[None] for k, v in first.items()})["image"].shape
+  state = create_train_state(model, tx, seed=config.seed, input_shape=input_shape)
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
+                              max_to_keep=config.keep_checkpoints)
+  restored = checkpointer.restore_latest(parallel.abstract_state(state))
+  if restored is None:
+    state = parallel.put_state(state)
+    first_step = 0
+  else:
+    first_step, state, data_state = restored
+    state = parallel.restored(state)
+    train_iter.set_state(data_state)
+    log.info("resumed from checkpoint %d in %s", first_step, checkpointer.directory)
+
+  train_fn = parallel.compile_train(steps.train_step, model=model,
+                                    loss_fn=classification.classification_loss)
+  eval_fn = parallel.compile_eval(steps.eval_step, model=model, metrics_fn=evaluate.eval_counts)
+  writer = MetricWriter(workdir, resume_step=first_step)
+  pending, last_log, last_time = [], first_step, time.time()
+  bar = tqdm(total=config.total_steps, initial=first_step, desc=config.model,
+             disable=not is_main, unit="step", dynamic_ncols=True)
+
+  def check_finite():
+    bad = _first_nonfinite(pending)
+    if bad is not None:
+      kept = checkpointer.all_steps()
+      raise FloatingPointError(
+          f"loss is {bad[1]} at step {bad[0]}: stopping. The last good checkpoint "
+          f"({kept[-1] if kept else 'none'}) stays in {checkpointer.directory}.")
+
+  for step in range(first_step + 1, config.total_steps + 1):
+    state, metrics = train_fn(state, parallel.put_batch(next(train_iter)))
+    pending.append((step, metrics["loss"] if parallel.mode == "jit" else metrics["loss"][0]))
+    if step % config.log_every_steps == 0 or step == config.total_steps:
+      check_finite()
+      values = parallel.single(metrics)
+      now = time.time()
+      values["images_per_second"] = (step - last_log) * config.batch_size / (now - last_time)
+      values["learning_rate"] = float(schedule(step - 1))
+      writer.write(step, "train", values)
+      bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{values['images_per_second']:.0f}")
+      bar.update(step - bar.n)
+      pending, last_log, last_time = [], step, now
+    if config.eval_every_steps and step % config.eval_every_steps == 0:
+      writer.write(step, "test", evaluate_split(config, state, eval_fn, parallel, test_source,
+                                                transform))
+    if step % config.checkpoint_every_steps == 0 or step == config.total_steps:
+      check_finite()
+      pending = []
+      checkpointer.save(step, parallel.state_for_checkpoint(state), train_iter.get_state())
+  bar.close()
+
+  test = evaluate_split(config, state, eval_fn, parallel, test_source, transform)
+  writer.write(config.total_steps, "test", test)
+  writer.close()
+  checkpointer.close()
+  params = parallel.single(state.params)
+  results = {
+      **test,
+      "wall_seconds": time.time() - start,
+      "param_fingerprint": param_fingerprint(params),
+      "param_count": param_count(params),
+      "steps": config.total_steps,
+      "resumed_from_step": first_step,
+  }
+  if is_main:
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(results, f, indent=2)
+    plot_learning_curves(workdir)
+  return results
+
+
+def plot_learning_curves(workdir: str) -> str:
+  """figures/learning_curves.png: train loss and test accuracy against steps."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  rows = read_metrics(workdir)
+  train = [r for r in rows if r["split"] == "train"]
+  test = [r for r in rows if r["split"] == "test"]
+  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+  ax1.plot([r["step"] for r in train], [r["loss"] for r in train], label="train")
+  if test:
+    ax1.plot([r["step"] for r in test], [r["test_loss"] for r in test], "o-", label="test")
+  ax1.set(xlabel="step", ylabel="cross-entropy", title="loss")
+  ax1.legend()
+  ax2.plot([r["step"] for r in train], [r["accuracy"] for r in train], label="train (batch)")
+  if test:
+    ax2.plot([r["step"] for r in test], [r["test_accuracy"] for r in test], "o-", label="test")
+  ax2.set(xlabel="step", ylabel="accuracy", title="accuracy")
+  ax2.legend()
+  fig.tight_layout()
+  path = os.path.join(workdir, "figures", "learning_curves.png")
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path

@@ -1,0 +1,70 @@
+"""Pure train and eval steps. Callers compile them with `jax.jit` or `jax.pmap`.
+
+Under pmap pass `axis_name="batch"`: gradients, batch statistics and metrics
+are then averaged across devices with `lax.pmean`, so every replica applies
+the same update. Under jit with sharded inputs, XLA inserts the same
+reductions itself and `axis_name` stays None.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+import jax
+from jax import lax
+
+from research.train.state import TrainState
+
+LossFn = Callable[..., dict]
+
+
+def train_step(
+    state: TrainState,
+    batch: dict,
+    *,
+    model: nn.Module,
+    loss_fn: LossFn,
+    axis_name: str | None = None,
+) -> tuple[TrainState, dict]:
+  """One gradient step on `batch` ({"image": [B, H, W, C], ...}).
+
+  `loss_fn((logits, out), batch) -> {"loss": scalar, ...}`. Returns the new
+  state and the loss dict (device-averaged under pmap).
+  """
+  # A fresh dropout key per step that does not depend on how steps are batched.
+  dropout_rng = jax.random.fold_in(state.rng, state.step)
+  has_bn = bool(jax.tree.leaves(state.batch_stats))
+
+  def compute_loss(params):
+    variables = {"params": params}
+    if has_bn:
+      variables["batch_stats"] = state.batch_stats
+    outputs, updates = model.apply(variables, batch["image"], train=True,
+                                   rngs={"dropout": dropout_rng},
+                                   mutable=["batch_stats"] if has_bn else [])
+    losses = loss_fn(outputs, batch)
+    return losses["loss"], (losses, updates.get("batch_stats", state.batch_stats))
+
+  grads, (losses, batch_stats) = jax.grad(compute_loss, has_aux=True)(state.params)
+  if axis_name is not None:
+    grads, batch_stats, losses = lax.pmean((grads, batch_stats, losses), axis_name)
+  return state.apply_gradients(grads, batch_stats), losses
+
+
+def eval_step(
+    state: TrainState,
+    batch: dict,
+    *,
+    model: nn.Module,
+    metrics_fn: Callable[..., dict],
+    axis_name: str | None = None,
+) -> dict:
+  """Metric sums over `batch` (rows with batch["mask"] False contribute nothing)."""
+  variables = {"params": state.params}
+  if jax.tree.leaves(state.batch_stats):
+    variables["batch_stats"] = state.batch_stats
+  sums = metrics_fn(model.apply(variables, batch["image"], train=False), batch)
+  if axis_name is not None:
+    sums = lax.psum(sums, axis_name)
+  return sums
