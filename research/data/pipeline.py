@@ -18,6 +18,8 @@ import numpy as np
 def local_batch_size(global_batch_size: int) -> int:
   """The share of `global_batch_size` that this process loads."""
   n = jax.process_count()
+  if global_batch_size < 1:
+    raise ValueError(f"batch_size: expected a positive integer; received {global_batch_size}.")
   if global_batch_size % n:
     raise ValueError(
         f"batch_size: expected a multiple of the process count {n}; received {global_batch_size}.")

@@ -43,6 +43,18 @@ def check_workdir(workdir: str) -> str:
   return workdir
 
 
+def check_steps(config: ConfigDict) -> None:
+  """ValueError unless the step counts of `config` are positive integers."""
+  for key in ("total_steps", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+    value = config.get(key)
+    if not isinstance(value, int) or value < 1:
+      raise ValueError(f"{key}: expected a positive integer; received {value!r}.")
+  if config.get("eval_every_steps", 0) < 0:
+    raise ValueError(
+        f"eval_every_steps: expected 0 (evaluate at the end only) or a positive integer; "
+        f"received {config.eval_every_steps!r}.")
+
+
 def _first_nonfinite(pending: list) -> tuple[int, float] | None:
   """(step, loss) of the first non-finite loss among (step, device loss) pairs."""
   values = jax.device_get([loss for _, loss in pending])
@@ -74,6 +86,7 @@ def evaluate_split(config, state, eval_fn, parallel, source, transform) -> dict:
 def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
   """Trains `config.model` on `config.dataset`, evaluates, and returns results.json's dict."""
   start = time.time()
+  check_steps(config)
   workdir = check_workdir(workdir)
   is_main = jax.process_index() == 0
   if is_main:
@@ -126,27 +139,30 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
           f"loss is {bad[1]} at step {bad[0]}: stopping. The last good checkpoint "
           f"({kept[-1] if kept else 'none'}) stays in {checkpointer.directory}.")
 
-  for step in range(first_step + 1, config.total_steps + 1):
-    state, metrics = train_fn(state, parallel.put_batch(next(train_iter)))
-    pending.append((step, metrics["loss"] if parallel.mode == "jit" else metrics["loss"][0]))
-    if step % config.log_every_steps == 0 or step == config.total_steps:
-      check_finite()
-      values = parallel.single(metrics)
-      now = time.time()
-      values["images_per_second"] = (step - last_log) * config.batch_size / (now - last_time)
-      values["learning_rate"] = float(schedule(step - 1))
-      writer.write(step, "train", values)
-      bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{values['images_per_second']:.0f}")
-      bar.update(step - bar.n)
-      pending, last_log, last_time = [], step, now
-    if config.eval_every_steps and step % config.eval_every_steps == 0:
-      writer.write(step, "test", evaluate_split(config, state, eval_fn, parallel, test_source,
-                                                transform))
-    if step % config.checkpoint_every_steps == 0 or step == config.total_steps:
-      check_finite()
-      pending = []
-      checkpointer.save(step, parallel.state_for_checkpoint(state), train_iter.get_state())
-  bar.close()
+  try:
+    for step in range(first_step + 1, config.total_steps + 1):
+      state, metrics = train_fn(state, parallel.put_batch(next(train_iter)))
+      pending.append((step, metrics["loss"] if parallel.mode == "jit" else metrics["loss"][0]))
+      if step % config.log_every_steps == 0 or step == config.total_steps:
+        check_finite()
+        values = parallel.single(metrics)
+        now = time.time()
+        values["images_per_second"] = (step - last_log) * config.batch_size / (now - last_time)
+        values["learning_rate"] = float(schedule(step - 1))
+        writer.write(step, "train", values)
+        bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{values['images_per_second']:.0f}")
+        bar.update(step - bar.n)
+        pending, last_log, last_time = [], step, now
+      if config.eval_every_steps and step % config.eval_every_steps == 0:
+        writer.write(step, "test", evaluate_split(config, state, eval_fn, parallel, test_source,
+                                                  transform))
+      if step % config.checkpoint_every_steps == 0 or step == config.total_steps:
+        check_finite()
+        pending = []
+        checkpointer.save(step, parallel.state_for_checkpoint(state), train_iter.get_state())
+  finally:
+    bar.close()
+    writer.flush()
 
   test = evaluate_split(config, state, eval_fn, parallel, test_source, transform)
   writer.write(config.total_steps, "test", test)

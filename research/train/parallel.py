@@ -15,6 +15,7 @@ from typing import Callable
 
 import jax
 import numpy as np
+from flax import jax_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from research.data.pipeline import local_batch_size
@@ -57,7 +58,7 @@ class DataParallel:
   def put_state(self, state):
     """A host or single-device state -> replicated on the devices."""
     if self.mode == "pmap":
-      return jax.device_put_replicated(state, jax.local_devices())
+      return jax_utils.replicate(state, jax.local_devices())
     return jax.device_put(state, self.replicated)
 
   def put_batch(self, batch: dict) -> dict:

@@ -1,0 +1,99 @@
+"""Pure train and eval steps on a fake model with known gradients: exact numbers."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from ml_collections import ConfigDict
+
+from research.evaluate import classification as evaluate
+from research.train import classification, optimizers, steps
+from research.train.state import create_train_state, param_fingerprint
+
+
+class Linear(nn.Module):
+  """logits = flatten(x) @ W: the cross-entropy gradient is (softmax - onehot)^T x / B."""
+
+  num_classes: int = 3
+
+  @nn.compact
+  def __call__(self, x, *, train=False):
+    logits = nn.Dense(self.num_classes, use_bias=False)(x.reshape(x.shape[0], -1))
+    return logits, {"logits": logits}
+
+
+def _batch():
+  rng = np.random.default_rng(0)
+  return {"image": rng.normal(size=(4, 2, 2, 1)).astype(np.float32),
+          "label": np.array([0, 1, 2, 1], np.int32)}
+
+
+def test_train_step_applies_the_cross_entropy_gradient():
+  model, batch, lr = Linear(), _batch(), 0.5
+  state = create_train_state(model, optax.sgd(lr), seed=0, input_shape=(1, 2, 2, 1))
+  w = np.asarray(state.params["Dense_0"]["kernel"])
+  step = jax.jit(functools.partial(steps.train_step, model=model,
+                                   loss_fn=classification.classification_loss))
+  new_state, metrics = step(state, batch)
+  x = batch["image"].reshape(4, -1)
+  p = jax.nn.softmax(x @ w)
+  grad = x.T @ (p - np.eye(3)[batch["label"]]) / 4
+  np.testing.assert_allclose(new_state.params["Dense_0"]["kernel"], w - lr * grad, atol=1e-6)
+  np.testing.assert_allclose(metrics["loss"],
+                             -np.log(p[np.arange(4), batch["label"]]).mean(), rtol=1e-6)
+  assert int(new_state.step) == 1
+
+
+def test_eval_step_counts_exactly_and_ignores_masked_rows():
+  model, batch = Linear(), _batch()
+  state = create_train_state(model, optax.sgd(0.1), seed=0, input_shape=(1, 2, 2, 1))
+  logits = np.asarray(model.apply({"params": state.params}, batch["image"])[0])
+  batch["mask"] = np.array([True, True, True, False])
+  sums = steps.eval_step(state, batch, model=model, metrics_fn=evaluate.eval_counts)
+  hits = (logits.argmax(-1) == batch["label"])[:3].sum()
+  assert float(sums["count"]) == 3.0
+  assert float(sums["correct"]) == hits
+  assert float(sums["correct_top5"]) == 3.0  # 3 classes: always in the top 5
+  summary = evaluate.summarize(jax.device_get(sums))
+  assert summary["test_accuracy"] == hits / 3
+
+
+def test_same_seed_same_parameters():
+  a = create_train_state(Linear(), optax.sgd(0.1), seed=7, input_shape=(1, 2, 2, 1))
+  b = create_train_state(Linear(), optax.sgd(0.1), seed=7, input_shape=(1, 2, 2, 1))
+  c = create_train_state(Linear(), optax.sgd(0.1), seed=8, input_shape=(1, 2, 2, 1))
+  assert param_fingerprint(a.params) == param_fingerprint(b.params) != param_fingerprint(c.params)
+
+
+def _opt(**kw):
+  c = ConfigDict({"name": "momentum", "learning_rate": 0.1, "momentum": 0.9, "weight_decay": 0.0,
+                  "schedule": "constant", "warmup_steps": 0, "boundaries": (0.5, 0.75),
+                  "decay_factor": 0.1})
+  c.update(kw)
+  return c
+
+
+def test_step_schedule_divides_at_the_boundaries():
+  schedule = optimizers.make_schedule(_opt(schedule="step"), total_steps=100)
+  assert [float(schedule(s)) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx(
+      [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+
+
+def test_weight_decay_adds_l2_gradient():
+  tx = optimizers.make_optimizer(_opt(name="sgd", weight_decay=0.5), total_steps=10)
+  params = {"w": jnp.array([2.0])}
+  updates, _ = tx.update({"w": jnp.array([1.0])}, tx.init(params), params)
+  np.testing.assert_allclose(updates["w"], [-0.1 * (1.0 + 0.5 * 2.0)])
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("name", "adagrad", "optimizer.name: expected one of"),
+    ("schedule", "linear", "optimizer.schedule: expected one of"),
+])
+def test_unknown_optimizer_or_schedule(key, value, message):
+  with pytest.raises(ValueError, match=message):
+    optimizers.make_optimizer(_opt(**{key: value}), total_steps=10)
