@@ -63,4 +63,5 @@ if __name__ == "__main__":
   import sys
 
   from research import main as _main
+
   _main.main(["--config=" + __file__, *sys.argv[1:]])

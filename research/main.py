@@ -21,21 +21,26 @@ import sys
 
 from ml_collections import ConfigDict
 
-USAGE = ("usage: python -m research.main --config=experiments/NAME.py[:ARG] --workdir=DIR "
-         "[--config.KEY=VALUE ...]")
+USAGE = (
+  "usage: python -m research.main --config=experiments/NAME.py[:ARG] --workdir=DIR "
+  "[--config.KEY=VALUE ...]"
+)
 
 
 def load_config(spec: str) -> ConfigDict:
   """`"path/to/NAME.py[:ARG]"` -> get_config(ARG) of that file."""
   path, _, arg = spec.partition(":")
   if not os.path.isfile(path):
-    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "experiments")
-    known = sorted(f for f in os.listdir(here) if f.endswith(".py") and not f.startswith("_")) \
-        if os.path.isdir(here) else []
+    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
+    known = (
+      sorted(f for f in os.listdir(here) if f.endswith(".py") and not f.startswith("_"))
+      if os.path.isdir(here)
+      else []
+    )
     raise FileNotFoundError(
-        f"--config: expected the path of an experiment module; {path!r} does not exist. "
-        f"Experiments: {['experiments/' + k for k in known]}.")
+      f"--config: expected the path of an experiment module; {path!r} does not exist. "
+      f"Experiments: {['experiments/' + k for k in known]}."
+    )
   name = "experiment_" + os.path.splitext(os.path.basename(path))[0]
   module_spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(module_spec)
@@ -59,8 +64,7 @@ def override(config: ConfigDict, key: str, text: str) -> None:
   for p in parents:
     node = node.get(p) if isinstance(node, ConfigDict) else None
   if not isinstance(node, ConfigDict) or leaf not in node:
-    raise ValueError(
-        f"--config.{key}: unknown config key {key!r}; valid keys: {_keys(config)}.")
+    raise ValueError(f"--config.{key}: unknown config key {key!r}; valid keys: {_keys(config)}.")
   try:
     value = ast.literal_eval(text)
   except (ValueError, SyntaxError):
@@ -72,8 +76,9 @@ def override(config: ConfigDict, key: str, text: str) -> None:
     node[leaf] = value
   except TypeError as e:
     raise ValueError(
-        f"--config.{key}: expected a value of type {type(current).__name__} (now "
-        f"{current!r}); received {text!r}.") from e
+      f"--config.{key}: expected a value of type {type(current).__name__} (now "
+      f"{current!r}); received {text!r}."
+    ) from e
 
 
 def parse_args(argv: list[str]) -> tuple[ConfigDict, str, dict]:
@@ -84,9 +89,15 @@ def parse_args(argv: list[str]) -> tuple[ConfigDict, str, dict]:
       raise ValueError(f"expected --NAME=VALUE arguments; received {arg!r}. {USAGE}")
     name, value = arg[2:].split("=", 1)
     if name.startswith("config."):
-      overrides.append((name[len("config."):], value))
-    elif name in ("config", "workdir", "coordinator_address", "num_processes", "process_id",
-                  "distributed"):
+      overrides.append((name[len("config.") :], value))
+    elif name in (
+      "config",
+      "workdir",
+      "coordinator_address",
+      "num_processes",
+      "process_id",
+      "distributed",
+    ):
       flags[name] = value
     else:
       raise ValueError(f"unknown flag --{name}. {USAGE}")
@@ -96,8 +107,9 @@ def parse_args(argv: list[str]) -> tuple[ConfigDict, str, dict]:
   config = load_config(flags["config"])
   for key, value in overrides:
     override(config, key, value)
-  distributed = {k: flags[k] for k in ("coordinator_address", "num_processes", "process_id")
-                 if k in flags}
+  distributed = {
+    k: flags[k] for k in ("coordinator_address", "num_processes", "process_id") if k in flags
+  }
   if flags.get("distributed", "false").lower() in ("1", "true"):
     distributed["auto"] = True
   return config, flags["workdir"], distributed
@@ -107,11 +119,16 @@ def run(argv: list[str]) -> dict:
   """Parses `argv` (without the program name), trains and evaluates; returns the results."""
   config, workdir, distributed = parse_args(argv)
   import jax  # pylint: disable=import-outside-toplevel
+
   if distributed:
     distributed.pop("auto", None)
-    jax.distributed.initialize(**{k: int(v) if k != "coordinator_address" else v
-                                  for k, v in distributed.items()})
+    # Cross-process collectives of the CPU backend (GPUs and TPUs bring their own).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+      **{k: int(v) if k != "coordinator_address" else v for k, v in distributed.items()}
+    )
   from research.train.loop import train_and_evaluate  # pylint: disable=import-outside-toplevel
+
   return train_and_evaluate(config, workdir)
 
 

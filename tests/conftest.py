@@ -16,6 +16,7 @@ if ROOT not in sys.path:
 def small_config():
   """experiments/lenet5_mnist.py with 40 steps, checkpoints every 20."""
   from experiments import lenet5_mnist  # pylint: disable=import-outside-toplevel
+
   c = lenet5_mnist.get_config()
   c.total_steps = 40
   c.log_every_steps = 10

@@ -18,13 +18,19 @@ def _at_root(monkeypatch):
 
 
 def test_overrides_keep_types_and_reach_nested_keys():
-  config, workdir, _ = main.parse_args([
-      CONFIG, "--workdir=/tmp/x", "--config.total_steps=7", "--config.optimizer.name=adam",
-      "--config.optimizer.learning_rate=1", "--config.input.value_range=(0, 1)"])
+  config, workdir, _ = main.parse_args(
+    [
+      CONFIG,
+      "--workdir=/tmp/x",
+      "--config.total_steps=7",
+      "--config.optimizer.name=adam",
+      "--config.optimizer.learning_rate=1",
+      "--config.input.value_range=(0, 1)",
+    ]
+  )
   assert workdir == "/tmp/x"
   assert config.total_steps == 7 and config.optimizer.name == "adam"
-  assert config.optimizer.learning_rate == 1.0 and isinstance(config.optimizer.learning_rate,
-                                                              float)
+  assert config.optimizer.learning_rate == 1.0 and isinstance(config.optimizer.learning_rate, float)
   assert config.input.value_range == (0, 1)
 
 
@@ -33,21 +39,30 @@ def test_full_variant_is_the_paper_setting_on_tfds_mnist():
   assert config.dataset == "mnist" and config.total_steps == 20 * 60000 // 128
 
 
-@pytest.mark.parametrize("argv, error, message", [
-    (["--config.optimiser.name=adam"], ValueError,
-     r"unknown config key 'optimiser.name'; valid keys: \[.*'optimizer.name'"),
+@pytest.mark.parametrize(
+  "argv, error, message",
+  [
+    (
+      ["--config.optimiser.name=adam"],
+      ValueError,
+      r"unknown config key 'optimiser.name'; valid keys: \[.*'optimizer.name'",
+    ),
     (["--config.total_step=5"], ValueError, r"unknown config key 'total_step'.*'total_steps'"),
     (["--config.total_steps=many"], ValueError, r"expected a value of type int.*'many'"),
     (["--learning_rate=0.1"], ValueError, "unknown flag --learning_rate"),
-])
+  ],
+)
 def test_bad_command_lines(argv, error, message):
   with pytest.raises(error, match=message):
     main.parse_args([CONFIG, "--workdir=/tmp/x", *argv])
 
 
 def test_missing_config_file_lists_the_experiments():
-  with pytest.raises(FileNotFoundError, match=r"'experiments/lenet6.py' does not exist.*"
-                                              r"experiments/lenet5_mnist.py"):
+  with pytest.raises(
+    FileNotFoundError,
+    match=r"'experiments/lenet6.py' does not exist.*"
+    r"experiments/lenet5_mnist.py",
+  ):
     main.parse_args(["--config=experiments/lenet6.py", "--workdir=/tmp/x"])
 
 
@@ -56,7 +71,9 @@ def test_unknown_variant_is_refused():
     main.parse_args([CONFIG + ":tiny", "--workdir=/tmp/x"])
 
 
-@pytest.mark.parametrize("override, message", [
+@pytest.mark.parametrize(
+  "override, message",
+  [
     ("--config.model=lenet.LeNet6", r"unknown model 'lenet.LeNet6'; lenet has \['lenet.LeNet5'\]"),
     ("--config.model=resnet9.ResNet9", r"FAMILY one of \[.*'lenet'"),
     ("--config.dataset=mnist6k", r"unknown data set 'mnist6k'; expected one of \[.*'mnist5k'"),
@@ -64,7 +81,8 @@ def test_unknown_variant_is_refused():
     ("--config.parallelism=shard", r"parallelism: expected one of"),
     ("--config.batch_size=0", r"batch_size: expected a positive integer; received 0"),
     ("--config.log_every_steps=0", r"log_every_steps: expected a positive integer; received 0"),
-])
+  ],
+)
 def test_bad_configs_fail_with_a_clear_error(override, message, tmp_path):
   with pytest.raises(ValueError, match=message):
     main.run([CONFIG, f"--workdir={tmp_path}", "--config.total_steps=2", override])
@@ -79,15 +97,31 @@ def test_unwritable_workdir_is_refused(tmp_path):
 
 def test_experiment_module_runs_the_same_as_research_main(tmp_path):
   """`python -m experiments.lenet5_mnist` is `python -m research.main --config=...`."""
-  args = ["--config.total_steps=20", "--config.checkpoint_every_steps=20",
-          "--config.eval_every_steps=0", "--config.log_every_steps=10"]
+  args = [
+    "--config.total_steps=20",
+    "--config.checkpoint_every_steps=20",
+    "--config.eval_every_steps=0",
+    "--config.log_every_steps=10",
+  ]
   env = subprocess_env(JAX_PLATFORMS="cpu")
-  for name, cmd in (("a", ["-m", "experiments.lenet5_mnist"]),
-                    ("b", ["-m", "research.main", CONFIG])):
-    subprocess.run([sys.executable, *cmd, f"--workdir={tmp_path / name}", *args], cwd=ROOT,
-                   env=env, check=True, capture_output=True)
+  for name, cmd in (
+    ("a", ["-m", "experiments.lenet5_mnist"]),
+    ("b", ["-m", "research.main", CONFIG]),
+  ):
+    subprocess.run(
+      [sys.executable, *cmd, f"--workdir={tmp_path / name}", *args],
+      cwd=ROOT,
+      env=env,
+      check=True,
+      capture_output=True,
+    )
   a, b = (json.loads((tmp_path / n / "results.json").read_text()) for n in "ab")
   assert a["param_fingerprint"] == b["param_fingerprint"]
-  bad = subprocess.run([sys.executable, "-m", "research.main", CONFIG, f"--workdir={tmp_path}",
-                        "--config.modle=x"], cwd=ROOT, env=env, capture_output=True, text=True)
+  bad = subprocess.run(
+    [sys.executable, "-m", "research.main", CONFIG, f"--workdir={tmp_path}", "--config.modle=x"],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+  )
   assert bad.returncode == 2 and "error: --config.modle: unknown config key" in bad.stderr

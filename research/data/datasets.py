@@ -35,21 +35,21 @@ class DatasetSpec:
 
 
 DATASETS = {
-    spec.name: spec for spec in (
-        DatasetSpec("mnist5k", (28, 28, 1), 10, builder="research.data.mnist5k.Mnist5k"),
-        DatasetSpec("digits", (8, 8, 1), 10, builder="research.data.digits.Digits"),
-        DatasetSpec("mnist", (28, 28, 1), 10),
-        DatasetSpec("cifar10", (32, 32, 3), 10),
-        DatasetSpec("imagenet2012", (None, None, 3), 1000, test_split="validation"),
-    )
+  spec.name: spec
+  for spec in (
+    DatasetSpec("mnist5k", (28, 28, 1), 10, builder="research.data.mnist5k.Mnist5k"),
+    DatasetSpec("digits", (8, 8, 1), 10, builder="research.data.digits.Digits"),
+    DatasetSpec("mnist", (28, 28, 1), 10),
+    DatasetSpec("cifar10", (32, 32, 3), 10),
+    DatasetSpec("imagenet2012", (None, None, 3), 1000, test_split="validation"),
+  )
 }
 
 
 def get_spec(name: str) -> DatasetSpec:
   """The spec of data set `name`; ValueError listing the known names otherwise."""
   if name not in DATASETS:
-    raise ValueError(
-        f"dataset: unknown data set {name!r}; expected one of {sorted(DATASETS)}.")
+    raise ValueError(f"dataset: unknown data set {name!r}; expected one of {sorted(DATASETS)}.")
   return DATASETS[name]
 
 
@@ -81,10 +81,11 @@ def _prepared_builder(spec: DatasetSpec, data_dir: str) -> tfds.core.DatasetBuil
   builder = tfds.builder(spec.name, data_dir=data_dir)
   if not builder.is_prepared():
     raise FileNotFoundError(
-        f"dataset: {spec.name!r} is not prepared in data_dir={data_dir!r} (looked in "
-        f"{builder.data_dir}). Prepare it once, where it can be downloaded, in the array_record "
-        f"format: `tfds build {spec.name} --data_dir={data_dir} --file_format=array_record` "
-        "(needs tensorflow), or point --config.data_dir at a directory that has it.")
+      f"dataset: {spec.name!r} is not prepared in data_dir={data_dir!r} (looked in "
+      f"{builder.data_dir}). Prepare it once, where it can be downloaded, in the array_record "
+      f"format: `tfds build {spec.name} --data_dir={data_dir} --file_format=array_record` "
+      "(needs tensorflow), or point --config.data_dir at a directory that has it."
+    )
   return builder
 
 
@@ -106,7 +107,7 @@ def data_source(name: str, split: str, *, data_dir: str | None = None):
     return builder.as_data_source(split=split)
   except (NotImplementedError, ValueError) as e:
     raise ValueError(
-        f"dataset: cannot read split {split!r} of {spec.name!r} from {builder.data_dir}: {e}. "
-        "Random access needs the array_record format; convert with "
-        f"`tfds convert_format --root_data_dir={data_dir} --out_file_format=array_record`."
+      f"dataset: cannot read split {split!r} of {spec.name!r} from {builder.data_dir}: {e}. "
+      "Random access needs the array_record format; convert with "
+      f"`tfds convert_format --root_data_dir={data_dir} --out_file_format=array_record`."
     ) from e

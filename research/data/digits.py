@@ -23,26 +23,29 @@ class Digits(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Tensor(shape=(8, 8, 1), dtype=np.uint8),
-            "label": tfds.features.ClassLabel(num_classes=10),
-        }),
-        supervised_keys=("image", "label"),
-        homepage="https://scikit-learn.org/stable/modules/generated/sklearn.datasets.load_digits.html",
+      builder=self,
+      description=__doc__,
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Tensor(shape=(8, 8, 1), dtype=np.uint8),
+          "label": tfds.features.ClassLabel(num_classes=10),
+        }
+      ),
+      supervised_keys=("image", "label"),
+      homepage="https://scikit-learn.org/stable/modules/generated/sklearn.datasets.load_digits.html",
     )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # The data ships inside scikit-learn.
     from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
+
     data = load_digits()
     # 0..16 -> 0..255, rounding so that the 17 levels stay distinct.
     images = np.round(data.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
     train, test = split_indices(data.target, TEST_SIZE, SPLIT_SEED)
     return {
-        "train": self._generate_examples(images[train], data.target[train], train),
-        "test": self._generate_examples(images[test], data.target[test], test),
+      "train": self._generate_examples(images[train], data.target[train], train),
+      "test": self._generate_examples(images[test], data.target[test], test),
     }
 
   def _generate_examples(self, images, labels, ids):

@@ -1,14 +1,18 @@
-"""The grain input pipeline: source -> shard -> shuffle(seed) -> batch -> map.
+"""The grain input pipeline: source -> shuffle(seed) -> batch -> shard -> map.
 
-Each process reads its own shard of the source (records i with
-i % process_count == process_index) and batches `global_batch // process_count`
-of them, so that the processes together form one global batch. The iterator's
-state is a small JSON-able dict, saved with every checkpoint.
+Training: every process shuffles the same global stream of records, cuts it
+into blocks of `global_batch // process_count`, and reads only its own block
+of each global batch. Random augmentation of a record is seeded by
+(seed, the record's position in the stream). So the data a step sees depends
+on the seed and the global batch size only, never on how many processes or
+devices share it: one process and a pod train on the same batches.
+Evaluation: each process reads records i with i % process_count == process_index.
+The training iterator's state is a small JSON-able dict, saved with every checkpoint.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import grain
 import jax
@@ -22,43 +26,55 @@ def local_batch_size(global_batch_size: int) -> int:
     raise ValueError(f"batch_size: expected a positive integer; received {global_batch_size}.")
   if global_batch_size % n:
     raise ValueError(
-        f"batch_size: expected a multiple of the process count {n}; received {global_batch_size}.")
+      f"batch_size: expected a multiple of the process count {n}; received {global_batch_size}."
+    )
   return global_batch_size // n
 
 
 def _shard(source) -> grain.MapDataset:
   ds = grain.MapDataset.source(source)
-  return ds[jax.process_index()::jax.process_count()]
+  return ds[jax.process_index() :: jax.process_count()]
 
 
 def train_iterator(
-    source,
-    *,
-    global_batch_size: int,
-    seed: int,
-    transform: Callable[[dict], dict],
-    random_transform: Callable[[dict, np.random.Generator], dict] | None = None,
+  source,
+  *,
+  global_batch_size: int,
+  seed: int,
+  transform: Callable[[dict], dict],
+  random_transform: Callable[[dict, np.random.Generator], dict] | None = None,
 ) -> grain.DatasetIterator:
-  """An endless iterator of training batches, reshuffled every epoch.
+  """An endless iterator of this process's part of each global batch, reshuffled every epoch.
 
-  `transform(batch)` and `random_transform(batch, rng)` act on whole batches.
+  `transform(batch)` acts on a whole batch; `random_transform(batch, rngs)`
+  gets one numpy Generator per record, seeded by the record's stream position.
   Returns batches {"image": [B, H, W, C], "label": [B]} with B the local batch
   size; `get_state()`/`set_state()` save and restore its position.
   """
-  batch = local_batch_size(global_batch_size)
-  ds = _shard(source)
-  if len(ds) < batch:
+  local = local_batch_size(global_batch_size)
+  n, p = jax.process_count(), jax.process_index()
+  if len(source) < global_batch_size:
     raise ValueError(
-        f"batch_size: this process's shard has {len(ds)} records, fewer than its batch of "
-        f"{batch}.")
-  ds = ds.seed(seed).shuffle().repeat(None).batch(batch, drop_remainder=True).map(transform)
+      f"batch_size: expected at most the {len(source)} records of the data set; received "
+      f"{global_batch_size}."
+    )
+  ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
+  # Block k of the stream holds records [k * local, (k + 1) * local); this process's
+  # blocks are p, p + n, p + 2n, ...
+  ds = ds.batch(local, drop_remainder=True)[p::n].map(transform)
   if random_transform is not None:
-    ds = ds.random_map(random_transform)
+
+    def augment(k, batch):
+      first = (k * n + p) * local
+      rngs = [np.random.default_rng((seed, first + i)) for i in range(local)]
+      return random_transform(batch, rngs)
+
+    ds = ds.map_with_index(augment)
   return iter(ds.to_iter_dataset())
 
 
 def eval_batches(
-    source, *, global_batch_size: int, transform: Callable[[dict], dict]
+  source, *, global_batch_size: int, transform: Callable[[dict], dict]
 ) -> Iterator[dict]:
   """One pass over this process's shard in order, the last batch padded.
 

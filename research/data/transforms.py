@@ -31,8 +31,9 @@ class ClassificationTransform:
     bad = (labels < 0) | (labels >= self.num_classes)
     if bad.any():
       raise ValueError(
-          f"label: expected class indices in [0, {self.num_classes}) for num_classes="
-          f"{self.num_classes}; received label {labels[bad][0]}.")
+        f"label: expected class indices in [0, {self.num_classes}) for num_classes="
+        f"{self.num_classes}; received label {labels[bad][0]}."
+      )
     low, high = self.value_range
     image = np.asarray(batch["image"], np.float32) * np.float32((high - low) / 255.0) + low
     if self.pad:
@@ -52,12 +53,13 @@ class RandomShift:
   max_shift: int
   fill: float = 0.0
 
-  def __call__(self, batch: dict, rng: np.random.Generator) -> dict:
+  def __call__(self, batch: dict, rngs: list[np.random.Generator]) -> dict:
+    """rngs: one Generator per image of the batch."""
     if self.max_shift == 0:
       return batch
     image, s = batch["image"], self.max_shift
     b, h, w, _ = image.shape
-    offsets = rng.integers(0, 2 * s + 1, size=(b, 2))
+    offsets = np.stack([rng.integers(0, 2 * s + 1, size=2) for rng in rngs])
     padded = np.pad(image, ((0, 0), (s, s), (s, s), (0, 0)), constant_values=self.fill)
     # Gather each image's window: rows [b, h, 1], cols [b, 1, w].
     rows = offsets[:, 0, None, None] + np.arange(h)[None, :, None]

@@ -14,10 +14,10 @@ def eval_counts(outputs, batch) -> dict:
   k = min(5, logits.shape[-1])
   topk = jnp.argsort(-logits, axis=-1)[:, :k]
   return {
-      "loss_sum": (loss * mask).sum(),
-      "correct": ((topk[:, 0] == labels) * mask).sum(),
-      "correct_top5": ((topk == labels[:, None]).any(-1) * mask).sum(),
-      "count": mask.sum(),
+    "loss_sum": (loss * mask).sum(),
+    "correct": ((topk[:, 0] == labels) * mask).sum(),
+    "correct_top5": ((topk == labels[:, None]).any(-1) * mask).sum(),
+    "count": mask.sum(),
   }
 
 
@@ -26,7 +26,9 @@ def summarize(counts: dict, prefix: str = "test_") -> dict:
   n = float(counts["count"])
   if n == 0:
     raise ValueError("summarize: the evaluation saw no examples (count is 0).")
-  return {f"{prefix}accuracy": float(counts["correct"]) / n,
-          f"{prefix}top5_accuracy": float(counts["correct_top5"]) / n,
-          f"{prefix}loss": float(counts["loss_sum"]) / n,
-          f"{prefix}examples": int(n)}
+  return {
+    f"{prefix}accuracy": float(counts["correct"]) / n,
+    f"{prefix}top5_accuracy": float(counts["correct_top5"]) / n,
+    f"{prefix}loss": float(counts["loss_sum"]) / n,
+    f"{prefix}examples": int(n),
+  }

@@ -19,9 +19,11 @@ def families() -> list[str]:
 
 def variants(module) -> list[str]:
   """The public Flax modules and their partials defined in `module`."""
+
   def is_model(v):
     v = v.func if isinstance(v, functools.partial) else v
     return isinstance(v, type) and issubclass(v, nn.Module)
+
   return sorted(k for k, v in vars(module).items() if not k.startswith("_") and is_model(v))
 
 
@@ -33,12 +35,17 @@ def resolve(name: str):
   family, _, variant = name.rpartition(".")
   if family not in families():
     raise ValueError(
-        f"model: unknown model {name!r}; expected 'FAMILY.VARIANT' with FAMILY one of "
-        f"{families()}.")
+      f"model: unknown model {name!r}; expected 'FAMILY.VARIANT' with FAMILY one of {families()}."
+    )
   module = importlib.import_module(f"{__name__}.{family}")
-  valid = [v for v in variants(module) if getattr(module, v).__module__ == module.__name__
-           or isinstance(getattr(module, v), functools.partial)]
+  valid = [
+    v
+    for v in variants(module)
+    if getattr(module, v).__module__ == module.__name__
+    or isinstance(getattr(module, v), functools.partial)
+  ]
   if variant not in valid:
     raise ValueError(
-        f"model: unknown model {name!r}; {family} has {[f'{family}.{v}' for v in valid]}.")
+      f"model: unknown model {name!r}; {family} has {[f'{family}.{v}' for v in valid]}."
+    )
   return getattr(module, variant)

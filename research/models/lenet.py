@@ -45,8 +45,9 @@ class LeNet5(nn.Module):
     out = {}
     x = x.astype(self.dtype)
     for i, features in enumerate((6, 16), start=1):
-      x = out[f"conv{i}"] = nn.Conv(features, (5, 5), padding="VALID", dtype=self.dtype,
-                                    name=f"conv{i}")(x)
+      x = out[f"conv{i}"] = nn.Conv(
+        features, (5, 5), padding="VALID", dtype=self.dtype, name=f"conv{i}"
+      )(x)
       x = out[f"tanh{i}"] = jnp.tanh(x)
       x = out[f"pool{i}"] = nn.avg_pool(x, (2, 2), strides=(2, 2))
     x = out["conv3"] = nn.Conv(120, (5, 5), padding="VALID", dtype=self.dtype, name="conv3")(x)

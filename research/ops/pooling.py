@@ -8,7 +8,7 @@ under `jax.jit` they must be static. Output sizes follow
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -21,175 +21,172 @@ __all__ = ["max_pool", "avg_pool", "adaptive_avg_pool", "shift_invariance"]
 
 
 def _as_batch(x, fn: str):
-    """x [N, H, W, C] or [H, W, C] -> ([N, H, W, C], whether a batch axis was added)."""
-    x = jnp.asarray(x)
-    if x.ndim == 3:
-        return x[None], True
-    if x.ndim == 4:
-        return x, False
-    raise ValueError(f"{fn}: x must be [N, H, W, C] or [H, W, C], got shape {x.shape}")
+  """x [N, H, W, C] or [H, W, C] -> ([N, H, W, C], whether a batch axis was added)."""
+  x = jnp.asarray(x)
+  if x.ndim == 3:
+    return x[None], True
+  if x.ndim == 4:
+    return x, False
+  raise ValueError(f"{fn}: x must be [N, H, W, C] or [H, W, C], got shape {x.shape}")
 
 
 def _window_args(x, window, stride, padding, fn: str):
-    window = _pair(window, "window", fn)
-    stride = window if stride is None else _pair(stride, "stride", fn)
-    padding = _pair(padding, "padding", fn)
-    if min(window) < 1:
-        raise ValueError(f"{fn}: window must be >= 1, got window={window}")
-    if min(stride) < 1:
-        raise ValueError(f"{fn}: stride must be >= 1, got stride={stride}")
-    # torch's rule: more padding than half a window would give windows that see
-    # only padding, i.e. outputs that carry no information from x.
-    if min(padding) < 0 or padding[0] > window[0] // 2 or padding[1] > window[1] // 2:
-        raise ValueError(
-            f"{fn}: padding must be between 0 and half the window {window}, "
-            f"got padding={padding}"
-        )
-    h, w = x.shape[1:3]
-    for n, k, s, p in zip((h, w), window, stride, padding):
-        if n + 2 * p < k:
-            raise ValueError(
-                f"{fn}: window {window} must fit in the padded input "
-                f"({h + 2 * padding[0]}, {w + 2 * padding[1]}), got x of shape {x.shape} "
-                f"with padding {padding}"
-            )
-        output_size(n, k, s, p)
-    return window, stride, padding
+  window = _pair(window, "window", fn)
+  stride = window if stride is None else _pair(stride, "stride", fn)
+  padding = _pair(padding, "padding", fn)
+  if min(window) < 1:
+    raise ValueError(f"{fn}: window must be >= 1, got window={window}")
+  if min(stride) < 1:
+    raise ValueError(f"{fn}: stride must be >= 1, got stride={stride}")
+  # torch's rule: more padding than half a window would give windows that see
+  # only padding, i.e. outputs that carry no information from x.
+  if min(padding) < 0 or padding[0] > window[0] // 2 or padding[1] > window[1] // 2:
+    raise ValueError(
+      f"{fn}: padding must be between 0 and half the window {window}, got padding={padding}"
+    )
+  h, w = x.shape[1:3]
+  for n, k, s, p in zip((h, w), window, stride, padding):
+    if n + 2 * p < k:
+      raise ValueError(
+        f"{fn}: window {window} must fit in the padded input "
+        f"({h + 2 * padding[0]}, {w + 2 * padding[1]}), got x of shape {x.shape} "
+        f"with padding {padding}"
+      )
+    output_size(n, k, s, p)
+  return window, stride, padding
 
 
 def _reduce(x, init, op, window, stride, padding):
-    return lax.reduce_window(
-        x,
-        init,
-        op,
-        window_dimensions=(1, *window, 1),
-        window_strides=(1, *stride, 1),
-        padding=((0, 0), (padding[0], padding[0]), (padding[1], padding[1]), (0, 0)),
-    )
+  return lax.reduce_window(
+    x,
+    init,
+    op,
+    window_dimensions=(1, *window, 1),
+    window_strides=(1, *stride, 1),
+    padding=((0, 0), (padding[0], padding[0]), (padding[1], padding[1]), (0, 0)),
+  )
 
 
 def max_pool(x, window, *, stride=None, padding=0) -> jax.Array:
-    """Max over each window (padding never wins: it is -inf, as in torch).
+  """Max over each window (padding never wins: it is -inf, as in torch).
 
-    x: [N, H, W, C] or [H, W, C]; window, stride (default: window), padding: int
-    or (rows, cols). Returns [N, oh, ow, C] or [oh, ow, C] with
-    oh = output_size(H, window_h, stride_h, padding_h), likewise ow.
-    """
-    x, added = _as_batch(x, "max_pool")
-    window, stride, padding = _window_args(x, window, stride, padding, "max_pool")
-    if jnp.issubdtype(x.dtype, jnp.inexact):
-        init = jnp.array(-jnp.inf, x.dtype)
-    else:
-        init = jnp.array(jnp.iinfo(x.dtype).min, x.dtype)
-    out = _reduce(x, init, lax.max, window, stride, padding)
-    return out[0] if added else out
+  x: [N, H, W, C] or [H, W, C]; window, stride (default: window), padding: int
+  or (rows, cols). Returns [N, oh, ow, C] or [oh, ow, C] with
+  oh = output_size(H, window_h, stride_h, padding_h), likewise ow.
+  """
+  x, added = _as_batch(x, "max_pool")
+  window, stride, padding = _window_args(x, window, stride, padding, "max_pool")
+  if jnp.issubdtype(x.dtype, jnp.inexact):
+    init = jnp.array(-jnp.inf, x.dtype)
+  else:
+    init = jnp.array(jnp.iinfo(x.dtype).min, x.dtype)
+  out = _reduce(x, init, lax.max, window, stride, padding)
+  return out[0] if added else out
 
 
 def avg_pool(x, window, *, stride=None, padding=0) -> jax.Array:
-    """Mean over each window; padded zeros count in the mean.
+  """Mean over each window; padded zeros count in the mean.
 
-    Dividing by the full window size everywhere is torch's default
-    `count_include_pad=True`, so border outputs are pulled towards zero.
+  Dividing by the full window size everywhere is torch's default
+  `count_include_pad=True`, so border outputs are pulled towards zero.
 
-    x: [N, H, W, C] or [H, W, C]; window, stride (default: window), padding: int
-    or (rows, cols). Returns [N, oh, ow, C] or [oh, ow, C].
-    """
-    x, added = _as_batch(x, "avg_pool")
-    if not jnp.issubdtype(x.dtype, jnp.inexact):
-        x = x.astype(jnp.float32)
-    window, stride, padding = _window_args(x, window, stride, padding, "avg_pool")
-    out = _reduce(x, jnp.array(0, x.dtype), lax.add, window, stride, padding)
-    out = out / (window[0] * window[1])
-    return out[0] if added else out
+  x: [N, H, W, C] or [H, W, C]; window, stride (default: window), padding: int
+  or (rows, cols). Returns [N, oh, ow, C] or [oh, ow, C].
+  """
+  x, added = _as_batch(x, "avg_pool")
+  if not jnp.issubdtype(x.dtype, jnp.inexact):
+    x = x.astype(jnp.float32)
+  window, stride, padding = _window_args(x, window, stride, padding, "avg_pool")
+  out = _reduce(x, jnp.array(0, x.dtype), lax.add, window, stride, padding)
+  out = out / (window[0] * window[1])
+  return out[0] if added else out
 
 
 def _adaptive_bins(n: int, m: int) -> list[tuple[int, int]]:
-    """torch's bins: bin i covers [floor(i*n/m), ceil((i+1)*n/m))."""
-    return [((i * n) // m, -((-(i + 1) * n) // m)) for i in range(m)]
+  """torch's bins: bin i covers [floor(i*n/m), ceil((i+1)*n/m))."""
+  return [((i * n) // m, -((-(i + 1) * n) // m)) for i in range(m)]
 
 
 def _adaptive_mean_axis(x, axis: int, m: int):
-    n = x.shape[axis]
-    if n % m == 0:
-        # Equal, disjoint bins: split the axis into (m, n // m) and average.
-        shape = x.shape[:axis] + (m, n // m) + x.shape[axis + 1 :]
-        return x.reshape(shape).mean(axis=axis + 1)
-    # Uneven (possibly overlapping) bins: a static [m, n] averaging matrix. The
-    # mean over a rectangular bin is the row mean of the column means, so the two
-    # spatial axes can be treated one after the other.
-    weights = np.zeros((m, n), np.float32)
-    for i, (start, end) in enumerate(_adaptive_bins(n, m)):
-        weights[i, start:end] = 1.0 / (end - start)
-    out = jnp.tensordot(
-        jnp.asarray(weights, x.dtype), x, axes=((1,), (axis,)), precision=lax.Precision.HIGHEST
-    )
-    return jnp.moveaxis(out, 0, axis)
+  n = x.shape[axis]
+  if n % m == 0:
+    # Equal, disjoint bins: split the axis into (m, n // m) and average.
+    shape = x.shape[:axis] + (m, n // m) + x.shape[axis + 1 :]
+    return x.reshape(shape).mean(axis=axis + 1)
+  # Uneven (possibly overlapping) bins: a static [m, n] averaging matrix. The
+  # mean over a rectangular bin is the row mean of the column means, so the two
+  # spatial axes can be treated one after the other.
+  weights = np.zeros((m, n), np.float32)
+  for i, (start, end) in enumerate(_adaptive_bins(n, m)):
+    weights[i, start:end] = 1.0 / (end - start)
+  out = jnp.tensordot(
+    jnp.asarray(weights, x.dtype), x, axes=((1,), (axis,)), precision=lax.Precision.HIGHEST
+  )
+  return jnp.moveaxis(out, 0, axis)
 
 
 def adaptive_avg_pool(x, output_size) -> jax.Array:
-    """Average pooling to a fixed output size, for any input size (torch semantics).
+  """Average pooling to a fixed output size, for any input size (torch semantics).
 
-    Output bin (i, j) averages rows floor(i*H/oh) .. ceil((i+1)*H/oh) - 1 and
-    columns floor(j*W/ow) .. ceil((j+1)*W/ow) - 1, so bins may differ in size or
-    overlap when H is not a multiple of oh, and repeat pixels when oh > H.
+  Output bin (i, j) averages rows floor(i*H/oh) .. ceil((i+1)*H/oh) - 1 and
+  columns floor(j*W/ow) .. ceil((j+1)*W/ow) - 1, so bins may differ in size or
+  overlap when H is not a multiple of oh, and repeat pixels when oh > H.
 
-    x: [N, H, W, C] or [H, W, C]; output_size: int or (oh, ow).
-    Returns [N, oh, ow, C] or [oh, ow, C].
-    """
-    x, added = _as_batch(x, "adaptive_avg_pool")
-    if not jnp.issubdtype(x.dtype, jnp.inexact):
-        x = x.astype(jnp.float32)
-    oh, ow = _pair(output_size, "output_size", "adaptive_avg_pool")
-    if oh < 1 or ow < 1:
-        raise ValueError(
-            f"adaptive_avg_pool: output_size must be >= 1, got output_size={(oh, ow)}"
-        )
-    if x.shape[1] < 1 or x.shape[2] < 1:
-        raise ValueError(f"adaptive_avg_pool: x must have H, W >= 1, got shape {x.shape}")
-    out = _adaptive_mean_axis(_adaptive_mean_axis(x, 1, oh), 2, ow)
-    return out[0] if added else out
+  x: [N, H, W, C] or [H, W, C]; output_size: int or (oh, ow).
+  Returns [N, oh, ow, C] or [oh, ow, C].
+  """
+  x, added = _as_batch(x, "adaptive_avg_pool")
+  if not jnp.issubdtype(x.dtype, jnp.inexact):
+    x = x.astype(jnp.float32)
+  oh, ow = _pair(output_size, "output_size", "adaptive_avg_pool")
+  if oh < 1 or ow < 1:
+    raise ValueError(f"adaptive_avg_pool: output_size must be >= 1, got output_size={(oh, ow)}")
+  if x.shape[1] < 1 or x.shape[2] < 1:
+    raise ValueError(f"adaptive_avg_pool: x must have H, W >= 1, got shape {x.shape}")
+  out = _adaptive_mean_axis(_adaptive_mean_axis(x, 1, oh), 2, ow)
+  return out[0] if added else out
 
 
 def shift_invariance(
-    x, pool_fn: Callable[[jax.Array], jax.Array], *, shift: int = 1, axis: int = -2
+  x, pool_fn: Callable[[jax.Array], jax.Array], *, shift: int = 1, axis: int = -2
 ) -> float:
-    """Fraction of pooled outputs left unchanged when the input shifts by `shift` pixels.
+  """Fraction of pooled outputs left unchanged when the input shifts by `shift` pixels.
 
-    The Deep Learning book's figure: move the input `shift` pixels towards higher
-    indices along `axis` (right, for the default axis -2 = W of [H, W, C] or
-    [N, H, W, C]) and compare the outputs at the same positions.
+  The Deep Learning book's figure: move the input `shift` pixels towards higher
+  indices along `axis` (right, for the default axis -2 = W of [H, W, C] or
+  [N, H, W, C]) and compare the outputs at the same positions.
 
-    Precisely, with L = x.shape[axis], a = x[shift:] and b = x[:L - shift] along
-    `axis`: then b[p + shift] = a[p], so b is a moved right by `shift`, and the
-    pixels that enter at the left edge are real data of x rather than wrapped or
-    padded values. The result is mean(pool_fn(a) == pool_fn(b)) over every output
-    element. `pool_fn` must map both crops to the same shape with aligned
-    positions (stride 1, e.g. `lambda v: max_pool(v, 3, stride=1)`); the identity
-    gives the unpooled baseline. "Unchanged" is exact equality, which is what max
-    pooling gives when the same input pixel stays the maximum.
+  Precisely, with L = x.shape[axis], a = x[shift:] and b = x[:L - shift] along
+  `axis`: then b[p + shift] = a[p], so b is a moved right by `shift`, and the
+  pixels that enter at the left edge are real data of x rather than wrapped or
+  padded values. The result is mean(pool_fn(a) == pool_fn(b)) over every output
+  element. `pool_fn` must map both crops to the same shape with aligned
+  positions (stride 1, e.g. `lambda v: max_pool(v, 3, stride=1)`); the identity
+  gives the unpooled baseline. "Unchanged" is exact equality, which is what max
+  pooling gives when the same input pixel stays the maximum.
 
-    Returns a Python float in [0, 1].
-    """
-    x = jnp.asarray(x)
-    if x.ndim < 1:
-        raise ValueError(f"shift_invariance: x must have at least one axis, got shape {x.shape}")
-    if not -x.ndim <= axis < x.ndim:
-        raise ValueError(
-            f"shift_invariance: axis must be in [{-x.ndim}, {x.ndim}) for x of shape "
-            f"{x.shape}, got axis={axis}"
-        )
-    length = x.shape[axis]
-    if not 1 <= shift < length:
-        raise ValueError(
-            f"shift_invariance: shift must be between 1 and {length - 1} (x.shape[{axis}] - 1) "
-            f"for x of shape {x.shape}, got shift={shift}"
-        )
-    a = lax.slice_in_dim(x, shift, length, axis=axis)
-    b = lax.slice_in_dim(x, 0, length - shift, axis=axis)
-    pa, pb = pool_fn(a), pool_fn(b)
-    if pa.shape != pb.shape:
-        raise ValueError(
-            f"shift_invariance: pool_fn must give equal shapes for the two crops, got "
-            f"{pa.shape} and {pb.shape}"
-        )
-    return float(jnp.mean(pa == pb))
+  Returns a Python float in [0, 1].
+  """
+  x = jnp.asarray(x)
+  if x.ndim < 1:
+    raise ValueError(f"shift_invariance: x must have at least one axis, got shape {x.shape}")
+  if not -x.ndim <= axis < x.ndim:
+    raise ValueError(
+      f"shift_invariance: axis must be in [{-x.ndim}, {x.ndim}) for x of shape "
+      f"{x.shape}, got axis={axis}"
+    )
+  length = x.shape[axis]
+  if not 1 <= shift < length:
+    raise ValueError(
+      f"shift_invariance: shift must be between 1 and {length - 1} (x.shape[{axis}] - 1) "
+      f"for x of shape {x.shape}, got shift={shift}"
+    )
+  a = lax.slice_in_dim(x, shift, length, axis=axis)
+  b = lax.slice_in_dim(x, 0, length - shift, axis=axis)
+  pa, pb = pool_fn(a), pool_fn(b)
+  if pa.shape != pb.shape:
+    raise ValueError(
+      f"shift_invariance: pool_fn must give equal shapes for the two crops, got "
+      f"{pa.shape} and {pb.shape}"
+    )
+  return float(jnp.mean(pa == pb))

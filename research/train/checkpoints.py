@@ -28,15 +28,21 @@ class Checkpointer:
   def __init__(self, directory: str, *, max_to_keep: int = 3):
     self.directory = os.path.abspath(directory)
     self._manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                             enable_async_checkpointing=False),
+      self.directory,
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, enable_async_checkpointing=False
+      ),
     )
 
   def save(self, step: int, state, data_state: dict) -> None:
     """Writes checkpoint `step`; `state` is a pytree of arrays, `data_state` a dict."""
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
+    self._manager.save(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
+      ),
+      force=True,
+    )
     self._manager.wait_until_finished()
 
   def all_steps(self) -> list[int]:
@@ -50,8 +56,12 @@ class Checkpointer:
     """
     for step in reversed(self.all_steps()):
       try:
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+        restored = self._manager.restore(
+          step,
+          args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+          ),
+        )
         return step, restored["state"], dict(restored["data"])
       except Exception as e:  # pylint: disable=broad-except
         # Orbax and tensorstore raise many types for unreadable files; any of them means
@@ -61,9 +71,15 @@ class Checkpointer:
 
   def _set_aside(self, step: int, error: Exception) -> None:
     aside = os.path.join(os.path.dirname(self.directory), "checkpoints_corrupted")
-    log.warning("checkpoint %d in %s cannot be restored (%s: %s); moving it to %s and "
-                "falling back to the previous checkpoint.", step, self.directory,
-                type(error).__name__, str(error).splitlines()[0][:200] if str(error) else "", aside)
+    log.warning(
+      "checkpoint %d in %s cannot be restored (%s: %s); moving it to %s and "
+      "falling back to the previous checkpoint.",
+      step,
+      self.directory,
+      type(error).__name__,
+      str(error).splitlines()[0][:200] if str(error) else "",
+      aside,
+    )
     if jax.process_index() == 0:
       os.makedirs(aside, exist_ok=True)
       target = os.path.join(aside, str(step))

@@ -14,6 +14,7 @@ def classification_loss(outputs, batch) -> dict:
   logits, _ = outputs
   labels = batch["label"]
   loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
-  return {"loss": loss.mean(),
-          "accuracy": (jnp.argmax(logits, -1) == labels).astype(jnp.float32).mean()}
-
+  return {
+    "loss": loss.mean(),
+    "accuracy": (jnp.argmax(logits, -1) == labels).astype(jnp.float32).mean(),
+  }

@@ -51,8 +51,9 @@ def check_steps(config: ConfigDict) -> None:
       raise ValueError(f"{key}: expected a positive integer; received {value!r}.")
   if config.get("eval_every_steps", 0) < 0:
     raise ValueError(
-        f"eval_every_steps: expected 0 (evaluate at the end only) or a positive integer; "
-        f"received {config.eval_every_steps!r}.")
+      f"eval_every_steps: expected 0 (evaluate at the end only) or a positive integer; "
+      f"received {config.eval_every_steps!r}."
+    )
 
 
 def _first_nonfinite(pending: list) -> tuple[int, float] | None:
@@ -66,18 +67,21 @@ def _first_nonfinite(pending: list) -> tuple[int, float] | None:
 
 def _input_fns(config: ConfigDict, spec: datasets.DatasetSpec, num_classes: int):
   transform = transforms.ClassificationTransform(
-      num_classes=num_classes, pad=config.input.pad, value_range=tuple(config.input.value_range))
+    num_classes=num_classes, pad=config.input.pad, value_range=tuple(config.input.value_range)
+  )
   shift = config.input.get("random_shift", 0)
-  random_transform = (transforms.RandomShift(shift, fill=config.input.value_range[0])
-                      if shift else None)
+  random_transform = (
+    transforms.RandomShift(shift, fill=config.input.value_range[0]) if shift else None
+  )
   return transform, random_transform
 
 
 def evaluate_split(config, state, eval_fn, parallel, source, transform) -> dict:
   """Accuracy and loss over every record of `source` (the whole split)."""
   totals = None
-  for batch in pipeline.eval_batches(source, global_batch_size=config.eval_batch_size,
-                                     transform=transform):
+  for batch in pipeline.eval_batches(
+    source, global_batch_size=config.eval_batch_size, transform=transform
+  ):
     sums = eval_fn(state, parallel.put_batch(batch))
     totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
   return evaluate.summarize(parallel.single(totals))
@@ -103,16 +107,21 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
   train_source = datasets.data_source(config.dataset, spec.train_split, data_dir=config.data_dir)
   test_source = datasets.data_source(config.dataset, spec.test_split, data_dir=config.data_dir)
   train_iter = pipeline.train_iterator(
-      train_source, global_batch_size=config.batch_size, seed=config.seed,
-      transform=transform, random_transform=random_transform)
+    train_source,
+    global_batch_size=config.batch_size,
+    seed=config.seed,
+    transform=transform,
+    random_transform=random_transform,
+  )
 
   tx = optimizers.make_optimizer(config.optimizer, config.total_steps)
   schedule = optimizers.make_schedule(config.optimizer, config.total_steps)
   first = train_source[0]
   input_shape = transform({k: np.asarray(v)[None] for k, v in first.items()})["image"].shape
   state = create_train_state(model, tx, seed=config.seed, input_shape=input_shape)
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
-                              max_to_keep=config.keep_checkpoints)
+  checkpointer = Checkpointer(
+    os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints
+  )
   restored = checkpointer.restore_latest(parallel.abstract_state(state))
   if restored is None:
     state = parallel.put_state(state)
@@ -123,21 +132,29 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     train_iter.set_state(data_state)
     log.info("resumed from checkpoint %d in %s", first_step, checkpointer.directory)
 
-  train_fn = parallel.compile_train(steps.train_step, model=model,
-                                    loss_fn=classification.classification_loss)
+  train_fn = parallel.compile_train(
+    steps.train_step, model=model, loss_fn=classification.classification_loss
+  )
   eval_fn = parallel.compile_eval(steps.eval_step, model=model, metrics_fn=evaluate.eval_counts)
   writer = MetricWriter(workdir, resume_step=first_step)
   pending, last_log, last_time = [], first_step, time.time()
-  bar = tqdm(total=config.total_steps, initial=first_step, desc=config.model,
-             disable=not is_main, unit="step", dynamic_ncols=True)
+  bar = tqdm(
+    total=config.total_steps,
+    initial=first_step,
+    desc=config.model,
+    disable=not is_main,
+    unit="step",
+    dynamic_ncols=True,
+  )
 
   def check_finite():
     bad = _first_nonfinite(pending)
     if bad is not None:
       kept = checkpointer.all_steps()
       raise FloatingPointError(
-          f"loss is {bad[1]} at step {bad[0]}: stopping. The last good checkpoint "
-          f"({kept[-1] if kept else 'none'}) stays in {checkpointer.directory}.")
+        f"loss is {bad[1]} at step {bad[0]}: stopping. The last good checkpoint "
+        f"({kept[-1] if kept else 'none'}) stays in {checkpointer.directory}."
+      )
 
   try:
     for step in range(first_step + 1, config.total_steps + 1):
@@ -154,8 +171,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
         bar.update(step - bar.n)
         pending, last_log, last_time = [], step, now
       if config.eval_every_steps and step % config.eval_every_steps == 0:
-        writer.write(step, "test", evaluate_split(config, state, eval_fn, parallel, test_source,
-                                                  transform))
+        writer.write(
+          step, "test", evaluate_split(config, state, eval_fn, parallel, test_source, transform)
+        )
       if step % config.checkpoint_every_steps == 0 or step == config.total_steps:
         check_finite()
         pending = []
@@ -170,12 +188,12 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
   checkpointer.close()
   params = parallel.single(state.params)
   results = {
-      **test,
-      "wall_seconds": time.time() - start,
-      "param_fingerprint": param_fingerprint(params),
-      "param_count": param_count(params),
-      "steps": config.total_steps,
-      "resumed_from_step": first_step,
+    **test,
+    "wall_seconds": time.time() - start,
+    "param_fingerprint": param_fingerprint(params),
+    "param_count": param_count(params),
+    "steps": config.total_steps,
+    "resumed_from_step": first_step,
   }
   if is_main:
     with open(os.path.join(workdir, "results.json"), "w") as f:
@@ -186,13 +204,14 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
 
 def plot_learning_curves(workdir: str) -> str:
   """figures/learning_curves.png: train loss and test accuracy against steps."""
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  # A bare Figure, not pyplot: no global backend switch, so notebooks keep inline plots.
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+
   rows = read_metrics(workdir)
   train = [r for r in rows if r["split"] == "train"]
   test = [r for r in rows if r["split"] == "test"]
-  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+  fig = Figure(figsize=(9, 3.5))
+  ax1, ax2 = fig.subplots(1, 2)
   ax1.plot([r["step"] for r in train], [r["loss"] for r in train], label="train")
   if test:
     ax1.plot([r["step"] for r in test], [r["test_loss"] for r in test], "o-", label="test")
@@ -207,5 +226,4 @@ def plot_learning_curves(workdir: str) -> str:
   path = os.path.join(workdir, "figures", "learning_curves.png")
   os.makedirs(os.path.dirname(path), exist_ok=True)
   fig.savefig(path, dpi=120)
-  plt.close(fig)
   return path

@@ -11,12 +11,13 @@ Both run unchanged on one CPU, several GPUs, a TPU pod slice or several hosts.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import numpy as np
 from flax import jax_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from research.data.pipeline import local_batch_size
 
@@ -39,16 +40,21 @@ class DataParallel:
     local = local_batch_size(global_batch_size)
     if local % jax.local_device_count():
       raise ValueError(
-          f"{name}: expected a multiple of the device count {jax.device_count()}; received "
-          f"{global_batch_size}.")
+        f"{name}: expected a multiple of the device count {jax.device_count()}; received "
+        f"{global_batch_size}."
+      )
 
   def compile_train(self, step: Callable, **kwargs) -> Callable:
     """`step(state, batch, **kwargs, axis_name=...)` compiled; the state is donated."""
     if self.mode == "pmap":
-      return jax.pmap(functools.partial(step, **kwargs, axis_name=AXIS), axis_name=AXIS,
-                      donate_argnums=0)
-    return jax.jit(functools.partial(step, **kwargs), donate_argnums=0,
-                   out_shardings=(self.replicated, self.replicated))
+      return jax.pmap(
+        functools.partial(step, **kwargs, axis_name=AXIS), axis_name=AXIS, donate_argnums=0
+      )
+    return jax.jit(
+      functools.partial(step, **kwargs),
+      donate_argnums=0,
+      out_shardings=(self.replicated, self.replicated),
+    )
 
   def compile_eval(self, step: Callable, **kwargs) -> Callable:
     if self.mode == "pmap":
@@ -66,8 +72,7 @@ class DataParallel:
     if self.mode == "pmap":
       n = jax.local_device_count()
       return jax.tree.map(lambda x: x.reshape(n, x.shape[0] // n, *x.shape[1:]), batch)
-    return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(self.sharded, x), batch)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.sharded, x), batch)
 
   def state_for_checkpoint(self, state):
     """One copy of the state to save: pmap's replicas taken to the host."""
@@ -80,7 +85,8 @@ class DataParallel:
     if self.mode == "pmap":
       return jax.tree.map(lambda x: np.zeros(x.shape[1:], x.dtype), state)
     return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.replicated), state)
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.replicated), state
+    )
 
   def restored(self, state):
     """A state restored from `abstract_state` -> placed for training."""
@@ -89,5 +95,7 @@ class DataParallel:
   def single(self, tree):
     """Host numpy values of one replica of a replicated tree (state or metrics)."""
     if self.mode == "pmap":
-      tree = jax.tree.map(lambda x: x[0], tree)
-    return jax.device_get(tree)
+      return jax.device_get(jax.tree.map(lambda x: x[0], tree))
+    # A replicated array spanning several hosts is not fully addressable, but this
+    # process holds a whole copy of it.
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)

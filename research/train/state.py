@@ -26,23 +26,33 @@ class TrainState(struct.PyTreeNode):
   rng: jnp.ndarray
   tx: optax.GradientTransformation = struct.field(pytree_node=False)
 
-  def apply_gradients(self, grads, batch_stats) -> "TrainState":
+  def apply_gradients(self, grads, batch_stats) -> TrainState:
     updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
-    return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates),
-                        opt_state=opt_state, batch_stats=batch_stats)
+    return self.replace(
+      step=self.step + 1,
+      params=optax.apply_updates(self.params, updates),
+      opt_state=opt_state,
+      batch_stats=batch_stats,
+    )
 
 
 def create_train_state(
-    model: nn.Module, tx: optax.GradientTransformation, *, seed: int, input_shape
+  model: nn.Module, tx: optax.GradientTransformation, *, seed: int, input_shape
 ) -> TrainState:
   """Initializes parameters from `seed` on a zero batch of `input_shape` [N, H, W, C]."""
   init_rng, rng = jax.random.split(jax.random.PRNGKey(seed))
-  variables = model.init({"params": init_rng, "dropout": init_rng},
-                         jnp.zeros(input_shape, jnp.float32), train=False)
+  variables = model.init(
+    {"params": init_rng, "dropout": init_rng}, jnp.zeros(input_shape, jnp.float32), train=False
+  )
   params = variables["params"]
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
-                    rng=rng, tx=tx)
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    batch_stats=variables.get("batch_stats", {}),
+    opt_state=tx.init(params),
+    rng=rng,
+    tx=tx,
+  )
 
 
 def param_fingerprint(params) -> str:

@@ -8,7 +8,7 @@ reductions itself and `axis_name` stays None.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -20,12 +20,12 @@ LossFn = Callable[..., dict]
 
 
 def train_step(
-    state: TrainState,
-    batch: dict,
-    *,
-    model: nn.Module,
-    loss_fn: LossFn,
-    axis_name: str | None = None,
+  state: TrainState,
+  batch: dict,
+  *,
+  model: nn.Module,
+  loss_fn: LossFn,
+  axis_name: str | None = None,
 ) -> tuple[TrainState, dict]:
   """One gradient step on `batch` ({"image": [B, H, W, C], ...}).
 
@@ -40,9 +40,13 @@ def train_step(
     variables = {"params": params}
     if has_bn:
       variables["batch_stats"] = state.batch_stats
-    outputs, updates = model.apply(variables, batch["image"], train=True,
-                                   rngs={"dropout": dropout_rng},
-                                   mutable=["batch_stats"] if has_bn else [])
+    outputs, updates = model.apply(
+      variables,
+      batch["image"],
+      train=True,
+      rngs={"dropout": dropout_rng},
+      mutable=["batch_stats"] if has_bn else [],
+    )
     losses = loss_fn(outputs, batch)
     return losses["loss"], (losses, updates.get("batch_stats", state.batch_stats))
 
@@ -53,12 +57,12 @@ def train_step(
 
 
 def eval_step(
-    state: TrainState,
-    batch: dict,
-    *,
-    model: nn.Module,
-    metrics_fn: Callable[..., dict],
-    axis_name: str | None = None,
+  state: TrainState,
+  batch: dict,
+  *,
+  model: nn.Module,
+  metrics_fn: Callable[..., dict],
+  axis_name: str | None = None,
 ) -> dict:
   """Metric sums over `batch` (rows with batch["mask"] False contribute nothing)."""
   variables = {"params": state.params}

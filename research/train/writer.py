@@ -22,11 +22,12 @@ class MetricWriter:
       return
     if os.path.exists(self.path):
       with open(self.path) as f:
-        lines = [l for l in f if l.strip()]
-      keep = [l for l in lines if json.loads(l)["step"] <= resume_step]
+        lines = [line for line in f if line.strip()]
+      keep = [line for line in lines if json.loads(line)["step"] <= resume_step]
       with open(self.path, "w") as f:
         f.writelines(keep)
     from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+
     self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step + 1)
 
   def write(self, step: int, split: str, metrics: dict) -> None:
@@ -50,4 +51,4 @@ class MetricWriter:
 def read_metrics(workdir: str) -> list[dict]:
   """The lines of `workdir/metrics.jsonl` as dicts."""
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(l) for l in f if l.strip()]
+    return [json.loads(line) for line in f if line.strip()]

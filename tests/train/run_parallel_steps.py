@@ -26,12 +26,16 @@ def main():
   tx = optax.sgd(0.05, momentum=0.9, nesterov=True)
   fresh = lambda: create_train_state(model, tx, seed=0, input_shape=(1, 32, 32, 1))
   it = pipeline.train_iterator(
-      datasets.data_source("mnist5k", "train"), global_batch_size=BATCH, seed=0,
-      transform=transforms.ClassificationTransform(10, pad=2, value_range=(-0.1, 1.175)))
+    datasets.data_source("mnist5k", "train"),
+    global_batch_size=BATCH,
+    seed=0,
+    transform=transforms.ClassificationTransform(10, pad=2, value_range=(-0.1, 1.175)),
+  )
   batches = [next(it) for _ in range(STEPS)]
 
-  single = jax.jit(functools.partial(steps.train_step, model=model,
-                                     loss_fn=classification.classification_loss))
+  single = jax.jit(
+    functools.partial(steps.train_step, model=model, loss_fn=classification.classification_loss)
+  )
   state = jax.device_put(fresh(), jax.devices()[0])
   for b in batches:
     state, _ = single(state, b)
@@ -40,14 +44,17 @@ def main():
   gaps = {"devices": jax.device_count()}
   for mode in ("pmap", "jit"):
     parallel = DataParallel(mode)
-    step = parallel.compile_train(steps.train_step, model=model,
-                                  loss_fn=classification.classification_loss)
+    step = parallel.compile_train(
+      steps.train_step, model=model, loss_fn=classification.classification_loss
+    )
     state = parallel.put_state(fresh())
     for b in batches:
       state, _ = step(state, parallel.put_batch(b))
     params = parallel.single(state.params)
-    gaps[mode] = max(float(np.abs(a - b).max()) for a, b in
-                     zip(jax.tree.leaves(params), jax.tree.leaves(reference)))
+    gaps[mode] = max(
+      float(np.abs(a - b).max())
+      for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reference))
+    )
     if mode == "jit":
       gaps["jit_batch_sharding"] = str(parallel.put_batch(batches[0])["image"].sharding.spec)
   print(json.dumps(gaps))

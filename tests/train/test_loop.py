@@ -54,8 +54,7 @@ def test_corrupted_latest_checkpoint_falls_back_to_the_previous(small_config, tm
   assert (tmp_path / "checkpoints_corrupted" / "40").is_dir()  # set aside, not deleted
 
 
-def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(small_config,
-                                                                           tmp_path):
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(small_config, tmp_path):
   train_and_evaluate(small_config, str(tmp_path))
   small_config.total_steps = 80
   small_config.input.value_range = (0.0, float("nan"))  # every image becomes NaN
@@ -65,10 +64,19 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(small
 
 
 def _cli(workdir, *overrides):
-  return [sys.executable, "-m", "research.main", "--config=experiments/lenet5_mnist.py",
-          f"--workdir={workdir}", "--config.total_steps=300", "--config.batch_size=32",
-          "--config.checkpoint_every_steps=30", "--config.log_every_steps=10",
-          "--config.eval_every_steps=0", *overrides]
+  return [
+    sys.executable,
+    "-m",
+    "research.main",
+    "--config=experiments/lenet5_mnist.py",
+    f"--workdir={workdir}",
+    "--config.total_steps=300",
+    "--config.batch_size=32",
+    "--config.checkpoint_every_steps=30",
+    "--config.log_every_steps=10",
+    "--config.eval_every_steps=0",
+    *overrides,
+  ]
 
 
 def test_sigkill_mid_training_then_rerun_ends_with_the_same_fingerprint(tmp_path):
@@ -77,13 +85,17 @@ def test_sigkill_mid_training_then_rerun_ends_with_the_same_fingerprint(tmp_path
   whole = json.loads((tmp_path / "whole" / "results.json").read_text())
 
   killed = tmp_path / "killed"
-  proc = subprocess.Popen(_cli(killed), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(
+    _cli(killed), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+  )
   deadline = time.time() + 300
   while time.time() < deadline and proc.poll() is None:
     # Complete checkpoints only: one being written is "N.orbax-checkpoint-tmp".
-    steps = [int(s) for s in os.listdir(killed / "checkpoints") if s.isdigit()] if (
-        killed / "checkpoints").is_dir() else []
+    steps = (
+      [int(s) for s in os.listdir(killed / "checkpoints") if s.isdigit()]
+      if (killed / "checkpoints").is_dir()
+      else []
+    )
     if steps and max(steps) >= 90:
       break
     time.sleep(0.05)

@@ -13,10 +13,10 @@ from tests.conftest import subprocess_env
 
 def test_pmap_and_sharded_jit_equal_single_device_jit_on_8_devices():
   script = os.path.join(os.path.dirname(__file__), "run_parallel_steps.py")
-  env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=8",
-                       JAX_PLATFORMS="cpu")
-  out = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True,
-                       timeout=600, check=True)
+  env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  out = subprocess.run(
+    [sys.executable, script], env=env, capture_output=True, text=True, timeout=600, check=True
+  )
   gaps = json.loads(out.stdout.strip().splitlines()[-1])
   assert gaps["devices"] == 8
   assert "'batch'" in gaps["jit_batch_sharding"]
@@ -25,6 +25,9 @@ def test_pmap_and_sharded_jit_equal_single_device_jit_on_8_devices():
 
 
 def test_unknown_parallelism_lists_the_modes():
-  with pytest.raises(ValueError, match=r"parallelism: expected one of \('jit', 'pmap'\); "
-                                       r"received 'shard'"):
+  with pytest.raises(
+    ValueError,
+    match=r"parallelism: expected one of \('jit', 'pmap'\); "
+    r"received 'shard'",
+  ):
     DataParallel("shard")

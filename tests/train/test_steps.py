@@ -28,23 +28,27 @@ class Linear(nn.Module):
 
 def _batch():
   rng = np.random.default_rng(0)
-  return {"image": rng.normal(size=(4, 2, 2, 1)).astype(np.float32),
-          "label": np.array([0, 1, 2, 1], np.int32)}
+  return {
+    "image": rng.normal(size=(4, 2, 2, 1)).astype(np.float32),
+    "label": np.array([0, 1, 2, 1], np.int32),
+  }
 
 
 def test_train_step_applies_the_cross_entropy_gradient():
   model, batch, lr = Linear(), _batch(), 0.5
   state = create_train_state(model, optax.sgd(lr), seed=0, input_shape=(1, 2, 2, 1))
   w = np.asarray(state.params["Dense_0"]["kernel"])
-  step = jax.jit(functools.partial(steps.train_step, model=model,
-                                   loss_fn=classification.classification_loss))
+  step = jax.jit(
+    functools.partial(steps.train_step, model=model, loss_fn=classification.classification_loss)
+  )
   new_state, metrics = step(state, batch)
   x = batch["image"].reshape(4, -1)
   p = jax.nn.softmax(x @ w)
   grad = x.T @ (p - np.eye(3)[batch["label"]]) / 4
   np.testing.assert_allclose(new_state.params["Dense_0"]["kernel"], w - lr * grad, atol=1e-6)
-  np.testing.assert_allclose(metrics["loss"],
-                             -np.log(p[np.arange(4), batch["label"]]).mean(), rtol=1e-6)
+  np.testing.assert_allclose(
+    metrics["loss"], -np.log(p[np.arange(4), batch["label"]]).mean(), rtol=1e-6
+  )
   assert int(new_state.step) == 1
 
 
@@ -70,9 +74,18 @@ def test_same_seed_same_parameters():
 
 
 def _opt(**kw):
-  c = ConfigDict({"name": "momentum", "learning_rate": 0.1, "momentum": 0.9, "weight_decay": 0.0,
-                  "schedule": "constant", "warmup_steps": 0, "boundaries": (0.5, 0.75),
-                  "decay_factor": 0.1})
+  c = ConfigDict(
+    {
+      "name": "momentum",
+      "learning_rate": 0.1,
+      "momentum": 0.9,
+      "weight_decay": 0.0,
+      "schedule": "constant",
+      "warmup_steps": 0,
+      "boundaries": (0.5, 0.75),
+      "decay_factor": 0.1,
+    }
+  )
   c.update(kw)
   return c
 
@@ -80,7 +93,8 @@ def _opt(**kw):
 def test_step_schedule_divides_at_the_boundaries():
   schedule = optimizers.make_schedule(_opt(schedule="step"), total_steps=100)
   assert [float(schedule(s)) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx(
-      [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
+  )
 
 
 def test_weight_decay_adds_l2_gradient():
@@ -90,10 +104,13 @@ def test_weight_decay_adds_l2_gradient():
   np.testing.assert_allclose(updates["w"], [-0.1 * (1.0 + 0.5 * 2.0)])
 
 
-@pytest.mark.parametrize("key, value, message", [
+@pytest.mark.parametrize(
+  "key, value, message",
+  [
     ("name", "adagrad", "optimizer.name: expected one of"),
     ("schedule", "linear", "optimizer.schedule: expected one of"),
-])
+  ],
+)
 def test_unknown_optimizer_or_schedule(key, value, message):
   with pytest.raises(ValueError, match=message):
     optimizers.make_optimizer(_opt(**{key: value}), total_steps=10)
