@@ -112,3 +112,16 @@ def test_sigkill_mid_training_then_rerun_ends_with_the_same_fingerprint(tmp_path
   # metrics.jsonl reads as one run: each train step logged once.
   steps = [r["step"] for r in read_metrics(str(killed)) if r["split"] == "train"]
   np.testing.assert_array_equal(steps, np.arange(10, 301, 10))
+
+
+def test_pmap_run_resumes_and_matches_jit(small_config, tmp_path):
+  small_config.optimizer.schedule = "constant"  # so a longer second leg keeps the same rates
+  jit = train_and_evaluate(small_config, str(tmp_path / "jit"))
+  small_config.parallelism = "pmap"
+  small_config.total_steps = 20
+  train_and_evaluate(small_config, str(tmp_path / "pmap"))
+  small_config.total_steps = 40
+  pmap = train_and_evaluate(small_config, str(tmp_path / "pmap"))
+  assert pmap["resumed_from_step"] == 20
+  assert pmap["param_fingerprint"] == jit["param_fingerprint"]
+  assert pmap["test_accuracy"] == jit["test_accuracy"]
