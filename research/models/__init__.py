@@ -9,7 +9,7 @@ import pkgutil
 import flax.linen as nn
 
 # Helper modules of this package that hold no model.
-_NOT_FAMILIES = ("inputs",)
+_NOT_FAMILIES = ("inputs", "summary")
 
 
 def families() -> list[str]:
