@@ -77,9 +77,9 @@ def max_pool(x, window, *, stride=None, padding=0) -> jax.Array:
   x, added = _as_batch(x, "max_pool")
   window, stride, padding = _window_args(x, window, stride, padding, "max_pool")
   if jnp.issubdtype(x.dtype, jnp.inexact):
-    init = jnp.array(-jnp.inf, x.dtype)
+    init = np.array(-np.inf, x.dtype)
   else:
-    init = jnp.array(jnp.iinfo(x.dtype).min, x.dtype)
+    init = np.array(np.iinfo(x.dtype).min, x.dtype)
   out = _reduce(x, init, lax.max, window, stride, padding)
   return out[0] if added else out
 
@@ -97,7 +97,7 @@ def avg_pool(x, window, *, stride=None, padding=0) -> jax.Array:
   if not jnp.issubdtype(x.dtype, jnp.inexact):
     x = x.astype(jnp.float32)
   window, stride, padding = _window_args(x, window, stride, padding, "avg_pool")
-  out = _reduce(x, jnp.array(0, x.dtype), lax.add, window, stride, padding)
+  out = _reduce(x, np.array(0, x.dtype), lax.add, window, stride, padding)
   out = out / (window[0] * window[1])
   return out[0] if added else out
 

@@ -198,3 +198,14 @@ def test_errors_name_the_argument():
     pooling.adaptive_avg_pool(jnp.ones((1, 4, 4, 1)), (0, 3))
   with pytest.raises(ValueError, match=r"shift must be between 1 and 3"):
     pooling.shift_invariance(jnp.ones((4, 4, 1)), lambda v: v, shift=4)
+
+
+@pytest.mark.parametrize("pool", [pooling.max_pool, pooling.avg_pool])
+def test_pooling_differentiates_under_jit(pool):
+  # A traced (jnp) initial value hides the monoid from JAX, and jit(grad) then fails.
+  x = jnp.arange(16.0).reshape(1, 4, 4, 1)
+  grad = jax.jit(jax.grad(lambda x: pool(x, 2).sum()))(x)
+  expected = np.zeros((4, 4)) if pool is pooling.max_pool else np.full((4, 4), 0.25)
+  if pool is pooling.max_pool:
+    expected[1::2, 1::2] = 1.0  # each 2x2 window's maximum is its bottom-right pixel
+  np.testing.assert_allclose(grad[0, ..., 0], expected)
