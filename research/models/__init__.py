@@ -18,11 +18,18 @@ def families() -> list[str]:
 
 
 def variants(module) -> list[str]:
-  """The public Flax modules and their partials defined in `module`."""
+  """The models of `module`: public Flax modules with a `num_classes`, and their partials.
+
+  Building blocks (a ResNet's Bottleneck, say) are modules too, but not models.
+  """
 
   def is_model(v):
     v = v.func if isinstance(v, functools.partial) else v
-    return isinstance(v, type) and issubclass(v, nn.Module)
+    return (
+      isinstance(v, type)
+      and issubclass(v, nn.Module)
+      and "num_classes" in getattr(v, "__dataclass_fields__", {})
+    )
 
   return sorted(k for k, v in vars(module).items() if not k.startswith("_") and is_model(v))
 

@@ -1,0 +1,266 @@
+"""ResNet (He, Zhang, Ren & Sun 2016) as torchvision builds it, and the CIFAR Wide ResNet.
+
+ImageNet ResNets, torchvision's layout and names (so `research.convert.torchvision`
+maps every key), for an [N, 224, 224, 3] input:
+
+    conv1 7x7/2, 64 -> bn1 -> relu -> maxpool 3x3/2     stem    [N, 56, 56, 64]
+    layer1 (stride 1)                                   stage1  [N, 56, 56, 64 * e]
+    layer2 (stride 2)                                   stage2  [N, 28, 28, 128 * e]
+    layer3 (stride 2)                                   stage3  [N, 14, 14, 256 * e]
+    layer4 (stride 2)                                   stage4  [N, 7, 7, 512 * e]
+    avgpool adaptive 1x1                                pre_logits [N, 512 * e]
+    fc                                                  logits  [N, num_classes]
+
+e = 1 for BasicBlock (two 3x3 convs; ResNet-18/34) and 4 for Bottleneck (1x1,
+3x3, 1x1; ResNet-50/101/152). A block's shortcut is the identity, or a 1x1 conv
++ BN ("downsample.0", "downsample.1") where the shape changes. Parameters (1000
+classes): ResNet18 11,689,512; ResNet34 21,797,672; ResNet50 25,557,032;
+ResNet101 44,549,160; ResNet152 60,192,808; WideResNet50_2 68,883,240;
+WideResNet101_2 126,886,696 -- torchvision's counts.
+
+How torchvision differs from the paper: torchvision's Bottleneck strides its 3x3
+conv ("ResNet v1.5"); the paper strides the first 1x1 conv, which skips three
+quarters of the input. The paper's shortcuts on ImageNet are option B
+(projections only where the shape changes), as here. WideResNet50_2/101_2 are
+torchvision's ImageNet bottleneck ResNets with the 3x3 width doubled, not the
+paper's CIFAR networks.
+
+Minimum input 1x1: every strided layer pads by half its window (conv1 7x7/2 pad
+3, maxpool 3x3/2 pad 1, 3x3/2 pad 1, 1x1/2 pad 0), so each maps n >= 1 to
+floor((n - 1) / 2) + 1 >= 1 and a 1x1 image stays 1x1 through every stage, as
+in torchvision.
+
+WideResNet (Zagoruyko & Komodakis 2016), CIFAR WRN-d-k, for [N, 32, 32, 3]:
+
+    conv1 3x3, 16                                          stem   [N, 32, 32, 16]
+    layer1: n pre-activation basic blocks, 16k, stride 1   stage1 [N, 32, 32, 16k]
+    layer2: n blocks, 32k, stride 2                        stage2 [N, 16, 16, 32k]
+    layer3: n blocks, 64k, stride 2                        stage3 [N, 8, 8, 64k]
+    bn -> relu -> global average pool                      pre_logits [N, 64k]
+    fc                                                     logits [N, num_classes]
+
+with d = 6n + 4. A block is BN-ReLU-conv3x3-BN-ReLU-[dropout]-conv3x3 plus the
+identity, or a 1x1 conv ("shortcut") where the shape changes. Dropout sits
+after the second ReLU, as in the paper ("between convolutions ... after ReLU")
+and the authors' code; where the shape changes the first BN-ReLU is shared by
+both branches (the authors' code), so the shortcut conv sees the activated
+input. WRN-28-10 has 36,479,194 parameters for 10 classes (the paper's
+"36.5M"); convs have no bias. torchvision has no CIFAR WRN; the module names
+(conv1, "layer1.0" holding bn1, conv1, bn2, conv2, shortcut; bn, fc) follow its
+style, so `convert` loads a PyTorch WRN named the same way.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from research.models.inputs import check_images
+from research.ops.pooling import adaptive_avg_pool
+
+# torchvision's and the WRN authors' init: He normal over fan-out.
+_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def _norm(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
+  # Flax momentum 0.9 is torch's momentum 0.1; torch's epsilon.
+  return nn.BatchNorm(
+    use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name
+  )
+
+
+def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn.Conv:
+  # Explicit symmetric padding k // 2, as torch: "SAME" pads asymmetrically at stride 2.
+  return nn.Conv(
+    features,
+    (kernel, kernel),
+    strides=(stride, stride),
+    padding=kernel // 2,
+    use_bias=False,
+    kernel_init=_conv_init,
+    dtype=dtype,
+    name=name,
+  )
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convs. x [N, H, W, C] -> [N, ceil(H / stride), ceil(W / stride), planes]."""
+
+  planes: int
+  stride: int = 1
+  base_width: int = 64  # torchvision accepts only 64 for BasicBlock.
+  dtype: Any = jnp.float32
+
+  expansion = 1
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    identity = x
+    y = _conv(self.planes, 3, self.stride, self.dtype, "conv1")(x)
+    y = nn.relu(_norm(train, self.dtype, "bn1")(y))
+    y = _conv(self.planes, 3, 1, self.dtype, "conv2")(y)
+    y = _norm(train, self.dtype, "bn2")(y)
+    if x.shape[-1] != self.planes or self.stride != 1:
+      identity = _conv(self.planes, 1, self.stride, self.dtype, "downsample.0")(x)
+      identity = _norm(train, self.dtype, "downsample.1")(identity)
+    return nn.relu(y + identity)
+
+
+class Bottleneck(nn.Module):
+  """1x1, 3x3 (strided, v1.5), 1x1 convs. x [N, H, W, C] -> [N, H', W', 4 * planes].
+
+  The inner width is planes * base_width / 64: 64 for ResNets, 128 for the
+  wide variants.
+  """
+
+  planes: int
+  stride: int = 1
+  base_width: int = 64
+  dtype: Any = jnp.float32
+
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    width = int(self.planes * (self.base_width / 64.0))
+    out_planes = self.planes * self.expansion
+    identity = x
+    y = _conv(width, 1, 1, self.dtype, "conv1")(x)
+    y = nn.relu(_norm(train, self.dtype, "bn1")(y))
+    y = _conv(width, 3, self.stride, self.dtype, "conv2")(y)
+    y = nn.relu(_norm(train, self.dtype, "bn2")(y))
+    y = _conv(out_planes, 1, 1, self.dtype, "conv3")(y)
+    y = _norm(train, self.dtype, "bn3")(y)
+    if x.shape[-1] != out_planes or self.stride != 1:
+      identity = _conv(out_planes, 1, self.stride, self.dtype, "downsample.0")(x)
+      identity = _norm(train, self.dtype, "downsample.1")(identity)
+    return nn.relu(y + identity)
+
+
+class ResNet(nn.Module):
+  """ImageNet ResNet. `__call__(x [N, H, W, 3]) -> (logits [N, num_classes], out)`.
+
+  `out`: stem (after maxpool), stage1..stage4 (after layer1..layer4),
+  pre_logits [N, 8 * num_filters * expansion], logits. Any H, W >= 1.
+  """
+
+  stage_sizes: Sequence[int]
+  block_cls: Callable[..., nn.Module]
+  num_classes: int = 1000
+  num_filters: int = 64
+  base_width: int = 64
+  in_channels: int = 3
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    check_images(x, model=type(self).__name__, channels=self.in_channels, min_size=1)
+    out = {}
+    x = x.astype(self.dtype)
+    x = _conv(self.num_filters, 7, 2, self.dtype, "conv1")(x)
+    x = nn.relu(_norm(train, self.dtype, "bn1")(x))
+    # Flax's max pool, not research.ops.pooling.max_pool: the latter's traced
+    # init value makes reduce_window non-differentiable under jit. Both pad with -inf.
+    x = out["stem"] = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    for i, blocks in enumerate(self.stage_sizes):
+      for j in range(blocks):
+        x = self.block_cls(
+          planes=self.num_filters * 2**i,
+          stride=2 if i > 0 and j == 0 else 1,
+          base_width=self.base_width,
+          dtype=self.dtype,
+          name=f"layer{i + 1}.{j}",
+        )(x, train=train)
+      out[f"stage{i + 1}"] = x
+    x = out["pre_logits"] = adaptive_avg_pool(x, 1).reshape(x.shape[0], -1)
+    logits = out["logits"] = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
+    return logits, out
+
+
+ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock)
+ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BasicBlock)
+ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck)
+ResNet101 = functools.partial(ResNet, stage_sizes=(3, 4, 23, 3), block_cls=Bottleneck)
+ResNet152 = functools.partial(ResNet, stage_sizes=(3, 8, 36, 3), block_cls=Bottleneck)
+WideResNet50_2 = functools.partial(
+  ResNet, stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck, base_width=128
+)
+WideResNet101_2 = functools.partial(
+  ResNet, stage_sizes=(3, 4, 23, 3), block_cls=Bottleneck, base_width=128
+)
+
+
+class WideBasicBlock(nn.Module):
+  """WRN's pre-activation basic block.
+
+  x [N, H, W, C] -> [N, ceil(H / stride), ceil(W / stride), planes].
+  """
+
+  planes: int
+  stride: int = 1
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    project = x.shape[-1] != self.planes or self.stride != 1
+    y = nn.relu(_norm(train, self.dtype, "bn1")(x))
+    # Where the shape changes the shortcut conv shares the activated input.
+    shortcut = _conv(self.planes, 1, self.stride, self.dtype, "shortcut")(y) if project else x
+    y = _conv(self.planes, 3, self.stride, self.dtype, "conv1")(y)
+    y = nn.relu(_norm(train, self.dtype, "bn2")(y))
+    y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
+    y = _conv(self.planes, 3, 1, self.dtype, "conv2")(y)
+    return y + shortcut
+
+
+class WideResNet(nn.Module):
+  """CIFAR WRN-depth-widen_factor. `__call__(x [N, H, W, 3]) -> (logits [N, num_classes], out)`.
+
+  `out`: stem [N, H, W, 16], stage1..stage3 (widths 16k, 32k, 64k at strides
+  1, 2, 4), pre_logits [N, 64k], logits. Made for 32x32; any H, W >= 1 works.
+  Dropout (rate `dropout_rate`, the paper's 0.3) needs an rng "dropout" when
+  train=True. depth must be 6n + 4, else ValueError.
+  """
+
+  depth: int = 28
+  widen_factor: int = 10
+  dropout_rate: float = 0.0
+  num_classes: int = 10
+  in_channels: int = 3
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    name = f"WRN-{self.depth}-{self.widen_factor}"
+    if self.depth < 10 or (self.depth - 4) % 6:
+      raise ValueError(
+        f"{name}: depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 40, ...); "
+        f"received depth={self.depth}."
+      )
+    check_images(x, model=name, channels=self.in_channels, min_size=1)
+    n = (self.depth - 4) // 6
+    out = {}
+    x = x.astype(self.dtype)
+    x = out["stem"] = _conv(16, 3, 1, self.dtype, "conv1")(x)
+    for i, width in enumerate((16, 32, 64)):
+      for j in range(n):
+        x = WideBasicBlock(
+          planes=width * self.widen_factor,
+          stride=2 if i > 0 and j == 0 else 1,
+          dropout_rate=self.dropout_rate,
+          dtype=self.dtype,
+          name=f"layer{i + 1}.{j}",
+        )(x, train=train)
+      out[f"stage{i + 1}"] = x
+    x = nn.relu(_norm(train, self.dtype, "bn")(x))
+    x = out["pre_logits"] = x.mean(axis=(1, 2))
+    logits = out["logits"] = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
+    return logits, out
+
+
+WRN28_10 = functools.partial(WideResNet, depth=28, widen_factor=10)
