@@ -1,0 +1,239 @@
+"""Training and inference images/s of each classifier in Flax and in torchvision, side by side.
+
+    python benchmarks/throughput.py [--models resnet.ResNet50,...] [--batch 16] [--size 224]
+        [--steps 5] [--warmup 2] [--json out.json]
+
+Both libraries run in this one process on the same machine (CPU, or the GPU when
+JAX and torch both see one), with the same weights (torchvision's, converted),
+the same batch and the same step: forward, softmax cross-entropy (plus 0.3 x the
+auxiliary losses for GoogLeNet), backward, SGD with momentum. Printed per model:
+images/s of each, the ratio Flax / torchvision, and the fraction of the
+machine's measured float32 matmul peak that the Flax step reaches (its FLOPs
+from XLA's cost analysis). Needs only jax, flax, optax, torch, torchvision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from research import models  # noqa: E402
+from research.convert import torchvision as tv_convert  # noqa: E402
+
+# Flax variant -> torchvision constructor name and keyword arguments.
+TORCHVISION = {
+  "alexnet.AlexNet": ("alexnet", {}),
+  "vgg.VGG16": ("vgg16", {}),
+  "resnet.ResNet18": ("resnet18", {}),
+  "resnet.ResNet50": ("resnet50", {}),
+  "densenet.DenseNet121": ("densenet121", {}),
+  "googlenet.GoogLeNet": ("googlenet", {"aux_logits": True, "init_weights": True}),
+}
+DEFAULT = "alexnet.AlexNet,vgg.VGG16,resnet.ResNet50,densenet.DenseNet121,googlenet.GoogLeNet"
+
+
+def _timed(fn, steps: int, warmup: int) -> float:
+  """Seconds per call of `fn` (which blocks until done), after `warmup` calls."""
+  for _ in range(warmup):
+    fn()
+  start = time.perf_counter()
+  for _ in range(steps):
+    fn()
+  return (time.perf_counter() - start) / steps
+
+
+def matmul_peak(n: int) -> float:
+  """Measured float32 FLOP/s of an n x n x n matrix product through XLA."""
+  a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32)
+  f = jax.jit(lambda a: a @ a)
+  seconds = _timed(lambda: f(a).block_until_ready(), steps=5, warmup=2)
+  return 2 * n**3 / seconds
+
+
+def _aux_loss(out, labels):
+  """GoogLeNet's auxiliary classifiers, weighted 0.3 each, when the output has them."""
+  total = 0.0
+  for name in ("aux1", "aux2"):
+    if name in out:
+      total += 0.3 * optax.softmax_cross_entropy_with_integer_labels(out[name], labels).mean()
+  return total
+
+
+def flax_timings(name, state_dict, x, labels, steps, warmup):
+  """(train s/step, infer s/step, train FLOPs/step) of the Flax model."""
+  model = models.resolve(name)(num_classes=1000)
+  variables = tv_convert.convert(state_dict, model, input_shape=(1, *x.shape[1:]))
+  params, batch_stats = variables["params"], variables.get("batch_stats", {})
+  tx = optax.sgd(0.01, momentum=0.9)
+  has_bn = bool(batch_stats)
+
+  def loss_fn(params, batch_stats, x, labels):
+    v = {"params": params, **({"batch_stats": batch_stats} if has_bn else {})}
+    (logits, out), updates = model.apply(
+      v,
+      x,
+      train=True,
+      rngs={"dropout": jax.random.PRNGKey(0)},
+      mutable=["batch_stats"] if has_bn else [],
+    )
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    return loss + _aux_loss(out, labels), updates.get("batch_stats", batch_stats)
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
+  def train_step(params, batch_stats, opt_state, x, labels):
+    (_, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      params, batch_stats, x, labels
+    )
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), batch_stats, opt_state
+
+  infer = jax.jit(lambda v, x: model.apply(v, x, train=False)[0])
+  x, labels = jnp.asarray(x), jnp.asarray(labels)
+  infer_s = _timed(lambda: infer(variables, x).block_until_ready(), steps, warmup)
+  # The step donates its state: give it copies, not the arrays `variables` holds.
+  state = jax.tree.map(jnp.copy, [params, batch_stats, tx.init(params)])
+  compiled = train_step.lower(*state, x, labels).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  flops = float(cost.get("flops", 0.0)) if cost else 0.0
+
+  def train():
+    state[:] = compiled(*state, x, labels)
+    jax.block_until_ready(state[0])
+
+  return _timed(train, steps, warmup), infer_s, flops
+
+
+def torch_timings(tv_name, kwargs, x, labels, steps, warmup, device):
+  """(train s/step, infer s/step, state_dict) of the torchvision model."""
+  import torch  # pylint: disable=import-outside-toplevel
+  import torchvision  # pylint: disable=import-outside-toplevel
+
+  torch.manual_seed(0)
+  net = getattr(torchvision.models, tv_name)(weights=None, **kwargs)
+  state_dict = {k: v.detach().clone() for k, v in net.state_dict().items()}
+  net = net.to(device)
+  xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(device)
+  yt = torch.from_numpy(labels).long().to(device)
+  opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+  ce = torch.nn.functional.cross_entropy
+  sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+  def train():
+    net.train()
+    out = net(xt)
+    if hasattr(out, "aux_logits1"):  # GoogLeNetOutputs in training mode
+      loss = ce(out.logits, yt) + 0.3 * (ce(out.aux_logits1, yt) + ce(out.aux_logits2, yt))
+    else:
+      loss = ce(out, yt)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sync()
+
+  def infer():
+    net.eval()
+    with torch.inference_mode():
+      net(xt)
+    sync()
+
+  return _timed(train, steps, warmup), _timed(infer, steps, warmup), state_dict
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--models", default=DEFAULT)
+  parser.add_argument("--batch", type=int, default=16)
+  parser.add_argument("--size", type=int, default=224)
+  parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--warmup", type=int, default=2)
+  parser.add_argument("--json", default=None, help="also write the rows to this file")
+  parser.add_argument(
+    "--precision",
+    choices=("default", "highest"),
+    default="default",
+    help="default: each library's own float32 default (on GPUs both may use TF32 in "
+    "convolutions); highest: full float32 in both",
+  )
+  args = parser.parse_args(argv)
+  import torch  # pylint: disable=import-outside-toplevel
+
+  if args.precision == "highest":
+    jax.config.update("jax_default_matmul_precision", "highest")
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+  device = "cuda" if torch.cuda.is_available() and jax.default_backend() == "gpu" else "cpu"
+  torch.set_num_threads(os.cpu_count() or 1)
+  peak = matmul_peak(8192 if device == "cuda" else 2048)
+  print(
+    f"device {device} ({jax.devices()[0].device_kind}), batch {args.batch}, "
+    f"{args.size}x{args.size}, precision {args.precision}, torch threads "
+    f"{torch.get_num_threads()}, "
+    f"float32 matmul peak {peak / 1e9:.0f} GFLOP/s"
+  )
+  header = (
+    f"{'model':24} {'train img/s':>22} {'ratio':>6} {'infer img/s':>22} {'ratio':>6} "
+    f"{'Flax % peak':>11}"
+  )
+  print(
+    header + "\n" + f"{'':24} {'flax':>10} {'torchvision':>11} {'':6} {'flax':>10} "
+    f"{'torchvision':>11}"
+  )
+  rows = []
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(args.batch, args.size, args.size, 3)).astype(np.float32)
+  labels = rng.integers(0, 1000, size=args.batch).astype(np.int32)
+  for name in args.models.split(","):
+    if name not in TORCHVISION:
+      raise ValueError(f"--models: expected names from {sorted(TORCHVISION)}; received {name!r}.")
+    importlib.import_module(f"research.models.{name.split('.')[0]}")
+    tv_name, kwargs = TORCHVISION[name]
+    t_train, t_infer, state_dict = torch_timings(
+      tv_name, kwargs, x, labels, args.steps, args.warmup, device
+    )
+    f_train, f_infer, flops = flax_timings(name, state_dict, x, labels, args.steps, args.warmup)
+    row = {
+      "model": name,
+      "device": device,
+      "batch": args.batch,
+      "size": args.size,
+      "precision": args.precision,
+      "flax_train_img_s": args.batch / f_train,
+      "torch_train_img_s": args.batch / t_train,
+      "flax_infer_img_s": args.batch / f_infer,
+      "torch_infer_img_s": args.batch / t_infer,
+      "flax_train_flops_per_step": flops,
+      "flax_train_fraction_of_peak": flops / f_train / peak if flops else None,
+      "matmul_peak_flop_s": peak,
+    }
+    row["train_ratio"] = row["flax_train_img_s"] / row["torch_train_img_s"]
+    row["infer_ratio"] = row["flax_infer_img_s"] / row["torch_infer_img_s"]
+    rows.append(row)
+    frac = row["flax_train_fraction_of_peak"]
+    print(
+      f"{name:24} {row['flax_train_img_s']:10.1f} {row['torch_train_img_s']:11.1f} "
+      f"{row['train_ratio']:6.2f} {row['flax_infer_img_s']:10.1f} "
+      f"{row['torch_infer_img_s']:11.1f} {row['infer_ratio']:6.2f} "
+      f"{(100 * frac if frac else float('nan')):10.1f}%",
+      flush=True,
+    )
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()
