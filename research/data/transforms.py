@@ -15,16 +15,34 @@ import numpy as np
 class ClassificationTransform:
   """{"image": uint8 [B, H, W, C], "label": [B]} -> {"image": float32 [B, H', W', C], "label": int32}.
 
-  pad: zero pixels added on each side (LeNet-5 sees 28x28 MNIST padded to 32x32).
+  In order: `upscale` (nearest neighbour, an integer factor), `channels` (a grey
+  image repeated to 3 channels, so 3-channel models train on digits), pixel
+  values 0..255 mapped onto `value_range`, then `(x - mean) / std` per channel,
+  then `pad` pixels of background (what pixel value 0 becomes) on each side.
+
+  pad: pixels added on each side (LeNet-5 sees 28x28 MNIST padded to 32x32).
   value_range: (low, high) that pixel values 0 and 255 map to. LeCun et al. 1998
     use (-0.1, 1.175) so the background is -0.1 and ink near 1, giving inputs
     of roughly zero mean and unit variance.
+  mean, std: per-channel statistics of the value-range-mapped data, or None.
   num_classes: labels must lie in [0, num_classes).
   """
 
   num_classes: int
   pad: int = 0
   value_range: tuple[float, float] = (0.0, 1.0)
+  mean: tuple[float, ...] | None = None
+  std: tuple[float, ...] | None = None
+  channels: int | None = None
+  upscale: int = 1
+
+  @property
+  def background(self) -> np.ndarray:
+    """What pixel value 0 becomes, per channel (or one value): the padding's value."""
+    low = np.float32(self.value_range[0])
+    if self.mean is None:
+      return np.asarray(low, np.float32)
+    return ((low - np.asarray(self.mean)) / np.asarray(self.std)).astype(np.float32)
 
   def __call__(self, batch: dict) -> dict:
     labels = np.asarray(batch["label"])
@@ -34,12 +52,32 @@ class ClassificationTransform:
         f"label: expected class indices in [0, {self.num_classes}) for num_classes="
         f"{self.num_classes}; received label {labels[bad][0]}."
       )
+    image = np.asarray(batch["image"])
+    if self.upscale > 1:
+      image = image.repeat(self.upscale, axis=1).repeat(self.upscale, axis=2)
+    if self.channels is not None and image.shape[-1] != self.channels:
+      if image.shape[-1] != 1:
+        raise ValueError(
+          f"input.channels: can repeat a 1-channel image to {self.channels} channels; "
+          f"received images of shape {image.shape[1:]}."
+        )
+      image = image.repeat(self.channels, axis=-1)
     low, high = self.value_range
-    image = np.asarray(batch["image"], np.float32) * np.float32((high - low) / 255.0) + low
-    if self.pad:
-      p = self.pad
-      image = np.pad(image, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=low)
-    return {"image": image, "label": labels.astype(np.int32)}
+    image = image.astype(np.float32) * np.float32((high - low) / 255.0) + np.float32(low)
+    if self.mean is not None:
+      image = (image - np.float32(self.mean)) / np.float32(self.std)
+    return {"image": pad_with(image, self.pad, self.background), "label": labels.astype(np.int32)}
+
+
+def pad_with(image: np.ndarray, pad: int, fill) -> np.ndarray:
+  """image [B, H, W, C] -> [B, H + 2 pad, W + 2 pad, C], new pixels `fill` (scalar or [C])."""
+  if not pad:
+    return image
+  b, h, w, c = image.shape
+  out = np.empty((b, h + 2 * pad, w + 2 * pad, c), image.dtype)
+  out[...] = fill
+  out[:, pad : pad + h, pad : pad + w] = image
+  return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +89,7 @@ class RandomShift:
   """
 
   max_shift: int
-  fill: float = 0.0
+  fill: float | tuple[float, ...] | np.ndarray = 0.0
 
   def __call__(self, batch: dict, rngs: list[np.random.Generator]) -> dict:
     """rngs: one Generator per image of the batch."""
@@ -60,8 +98,31 @@ class RandomShift:
     image, s = batch["image"], self.max_shift
     b, h, w, _ = image.shape
     offsets = np.stack([rng.integers(0, 2 * s + 1, size=2) for rng in rngs])
-    padded = np.pad(image, ((0, 0), (s, s), (s, s), (0, 0)), constant_values=self.fill)
+    padded = pad_with(image, s, self.fill)
     # Gather each image's window: rows [b, h, 1], cols [b, 1, w].
     rows = offsets[:, 0, None, None] + np.arange(h)[None, :, None]
     cols = offsets[:, 1, None, None] + np.arange(w)[None, None, :]
     return {**batch, "image": padded[np.arange(b)[:, None, None], rows, cols]}
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomFlip:
+  """Mirrors each image left-right with probability 1/2 (batch["image"] [B, H, W, C])."""
+
+  def __call__(self, batch: dict, rngs: list[np.random.Generator]) -> dict:
+    flip = np.array([rng.random() < 0.5 for rng in rngs])
+    image = batch["image"].copy()
+    image[flip] = image[flip, :, ::-1]
+    return {**batch, "image": image}
+
+
+@dataclasses.dataclass(frozen=True)
+class Chain:
+  """Random transforms applied in order, each with the same per-record generators."""
+
+  transforms: tuple
+
+  def __call__(self, batch: dict, rngs: list[np.random.Generator]) -> dict:
+    for t in self.transforms:
+      batch = t(batch, rngs)
+    return batch

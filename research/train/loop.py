@@ -65,15 +65,25 @@ def _first_nonfinite(pending: list) -> tuple[int, float] | None:
   return None
 
 
-def _input_fns(config: ConfigDict, spec: datasets.DatasetSpec, num_classes: int):
+def _input_fns(config: ConfigDict, num_classes: int):
+  """The batch transform and the random (training-only) transform that `config.input` describes."""
+  c = config.input
+  optional = lambda key: tuple(c[key]) if c.get(key) is not None else None
   transform = transforms.ClassificationTransform(
-    num_classes=num_classes, pad=config.input.pad, value_range=tuple(config.input.value_range)
+    num_classes=num_classes,
+    pad=c.get("pad", 0),
+    value_range=tuple(c.get("value_range", (0.0, 1.0))),
+    mean=optional("mean"),
+    std=optional("std"),
+    channels=c.get("channels"),
+    upscale=c.get("upscale", 1),
   )
-  shift = config.input.get("random_shift", 0)
-  random_transform = (
-    transforms.RandomShift(shift, fill=config.input.value_range[0]) if shift else None
-  )
-  return transform, random_transform
+  randoms = []
+  if c.get("random_shift", 0):
+    randoms.append(transforms.RandomShift(c.random_shift, fill=transform.background))
+  if c.get("random_flip", False):
+    randoms.append(transforms.RandomFlip())
+  return transform, transforms.Chain(tuple(randoms)) if randoms else None
 
 
 def evaluate_split(config, state, eval_fn, parallel, source, transform) -> dict:
@@ -103,7 +113,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
   parallel = DataParallel(config.parallelism)
   parallel.check_batch_size(config.batch_size)
   parallel.check_batch_size(config.eval_batch_size, "eval_batch_size")
-  transform, random_transform = _input_fns(config, spec, num_classes)
+  transform, random_transform = _input_fns(config, num_classes)
+  loss_fn = classification.resolve_loss(config.get("loss", "classification"))
   train_source = datasets.data_source(config.dataset, spec.train_split, data_dir=config.data_dir)
   test_source = datasets.data_source(config.dataset, spec.test_split, data_dir=config.data_dir)
   train_iter = pipeline.train_iterator(
@@ -132,9 +143,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     train_iter.set_state(data_state)
     log.info("resumed from checkpoint %d in %s", first_step, checkpointer.directory)
 
-  train_fn = parallel.compile_train(
-    steps.train_step, model=model, loss_fn=classification.classification_loss
-  )
+  train_fn = parallel.compile_train(steps.train_step, model=model, loss_fn=loss_fn)
   eval_fn = parallel.compile_eval(steps.eval_step, model=model, metrics_fn=evaluate.eval_counts)
   writer = MetricWriter(workdir, resume_step=first_step)
   pending, last_log, last_time = [], first_step, time.time()

@@ -143,3 +143,28 @@ def test_random_shift_moves_each_image_within_bounds():
   assert all(2 <= r <= 6 and 2 <= c <= 6 for r, c in positions)
   assert len(set(positions)) > 5
   np.testing.assert_array_equal(out["image"].sum((1, 2, 3)), np.ones(16))
+
+
+def test_grey_digits_become_normalized_3_channel_upscaled_images():
+  t = transforms.ClassificationTransform(
+    num_classes=10, pad=1, channels=3, upscale=2, mean=(0.5, 0.25, 0.0), std=(0.5, 0.25, 1.0)
+  )
+  out = t({"image": np.array([[[[255], [0]]]], np.uint8), "label": np.array([4])})
+  assert out["image"].shape == (1, 4, 6, 3)
+  np.testing.assert_allclose(out["image"][0, 1, 1:3], [[1.0, 3.0, 1.0]] * 2)  # 255 upscaled
+  np.testing.assert_allclose(out["image"][0, 1, 3:5], [[-1.0, -1.0, 0.0]] * 2)  # 0 upscaled
+  np.testing.assert_allclose(out["image"][0, 0, 0], t.background)  # padding is black
+  with pytest.raises(ValueError, match="input.channels: can repeat a 1-channel image"):
+    t({"image": np.zeros((1, 2, 2, 2), np.uint8), "label": np.array([0])})
+
+
+def test_random_flip_mirrors_about_half_the_images_reproducibly():
+  image = np.arange(64 * 3, dtype=np.float32).reshape(64, 1, 3, 1)
+  flip = lambda: transforms.RandomFlip()(
+    {"image": image}, [np.random.default_rng((7, i)) for i in range(64)]
+  )
+  a, b = flip(), flip()
+  np.testing.assert_array_equal(a["image"], b["image"])
+  flipped = (a["image"] != image).any((1, 2, 3))
+  np.testing.assert_array_equal(a["image"][flipped], image[flipped][:, :, ::-1])
+  assert 20 <= flipped.sum() <= 44

@@ -1,0 +1,63 @@
+"""The config keys every classification experiment has, with neutral defaults.
+
+Experiments start from `base()` and set what their paper says; a key that an
+experiment leaves alone can still be overridden on the command line.
+"""
+
+from __future__ import annotations
+
+from ml_collections import ConfigDict, config_dict
+
+# Per-channel statistics of the [0, 1]-scaled training images.
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+MNIST_MEAN, MNIST_STD = (0.1307,) * 3, (0.3081,) * 3
+
+
+def base() -> ConfigDict:
+  """model, data, input transforms, steps, optimizer: every key the loop reads."""
+  c = ConfigDict()
+  c.model = "lenet.LeNet5"
+  c.model_kwargs = ConfigDict()
+  c.loss = "classification"
+  c.dataset = "mnist5k"
+  c.data_dir = config_dict.placeholder(str)
+  c.num_classes = config_dict.placeholder(int)  # None: the data set's
+  c.input = ConfigDict()
+  c.input.pad = 0
+  c.input.value_range = (0.0, 1.0)
+  c.input.mean = config_dict.placeholder(tuple)
+  c.input.std = config_dict.placeholder(tuple)
+  c.input.channels = config_dict.placeholder(int)
+  c.input.upscale = 1
+  c.input.random_shift = 0
+  c.input.random_flip = False
+  c.seed = 0
+  c.batch_size = 64
+  c.eval_batch_size = 200
+  c.total_steps = 1000
+  c.log_every_steps = 50
+  c.eval_every_steps = 0
+  c.checkpoint_every_steps = 500
+  c.keep_checkpoints = 3
+  c.parallelism = "jit"
+  c.optimizer = ConfigDict()
+  c.optimizer.name = "nesterov"
+  c.optimizer.learning_rate = 0.1
+  c.optimizer.momentum = 0.9
+  c.optimizer.weight_decay = 0.0
+  c.optimizer.schedule = "constant"
+  c.optimizer.warmup_steps = 0
+  c.optimizer.boundaries = (0.5, 0.75)
+  c.optimizer.decay_factor = 0.1
+  return c
+
+
+def epochs_to_steps(epochs: float, examples: int, batch_size: int) -> int:
+  """Optimizer steps for `epochs` passes over `examples` in batches of `batch_size`."""
+  return int(round(epochs * examples / batch_size))
+
+
+def variant(arg: str | None, name: str, allowed=(None, "runlocal")) -> None:
+  """ValueError unless `arg` is one of the experiment's variants."""
+  if arg not in allowed:
+    raise ValueError(f"{name}: expected variant one of {list(allowed)}; received {arg!r}.")
