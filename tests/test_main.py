@@ -67,7 +67,9 @@ def test_missing_config_file_lists_the_experiments():
 
 
 def test_unknown_variant_is_refused():
-  with pytest.raises(ValueError, match=r"expected variant one of \[None, 'full'\]; received 'tiny'"):
+  with pytest.raises(
+    ValueError, match=r"expected variant one of \[None, 'full'\]; received 'tiny'"
+  ):
     main.parse_args([CONFIG + ":tiny", "--workdir=/tmp/x"])
 
 

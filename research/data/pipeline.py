@@ -42,12 +42,15 @@ def train_iterator(
   global_batch_size: int,
   seed: int,
   transform: Callable[[dict], dict],
-  random_transform: Callable[[dict, np.random.Generator], dict] | None = None,
+  random_transform: Callable[[dict, list[np.random.Generator]], dict] | None = None,
+  record_transform: Callable[[dict, np.random.Generator], dict] | None = None,
 ) -> grain.DatasetIterator:
   """An endless iterator of this process's part of each global batch, reshuffled every epoch.
 
-  `transform(batch)` acts on a whole batch; `random_transform(batch, rngs)`
-  gets one numpy Generator per record, seeded by the record's stream position.
+  `record_transform(record, rng)` first crops each record to a fixed size (for
+  photographs of varying size); `transform(batch)` then acts on a whole batch,
+  and `random_transform(batch, rngs)` gets one numpy Generator per record. Each
+  record's generators are seeded by the seed and its position in the stream.
   Returns batches {"image": [B, H, W, C], "label": [B]} with B the local batch
   size; `get_state()`/`set_state()` save and restore its position.
   """
@@ -59,6 +62,9 @@ def train_iterator(
       f"{global_batch_size}."
     )
   ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
+  if record_transform is not None:
+    # Lazy: a process crops only the records of its own blocks.
+    ds = ds.map_with_index(lambda i, r: record_transform(r, np.random.default_rng((seed, i, 1))))
   # Block k of the stream holds records [k * local, (k + 1) * local); this process's
   # blocks are p, p + n, p + 2n, ...
   ds = ds.batch(local, drop_remainder=True)[p::n].map(transform)
@@ -74,7 +80,11 @@ def train_iterator(
 
 
 def eval_batches(
-  source, *, global_batch_size: int, transform: Callable[[dict], dict]
+  source,
+  *,
+  global_batch_size: int,
+  transform: Callable[[dict], dict],
+  record_transform: Callable[[dict], dict] | None = None,
 ) -> Iterator[dict]:
   """One pass over this process's shard in order, the last batch padded.
 
@@ -90,6 +100,8 @@ def eval_batches(
     # Indices past this shard's end repeat its last record and are masked out.
     idx = np.minimum(np.arange(start, start + batch), len(ds) - 1)
     records = [ds[int(i)] for i in idx]
+    if record_transform is not None:
+      records = [record_transform(r) for r in records]
     out = transform({k: np.stack([r[k] for r in records]) for k in records[0]})
     out["mask"] = np.arange(start, start + batch) < len(ds)
     yield out

@@ -20,7 +20,7 @@ from ml_collections import ConfigDict
 from tqdm.auto import tqdm
 
 from research import models
-from research.data import datasets, pipeline, transforms
+from research.data import crops, datasets, pipeline, transforms
 from research.evaluate import classification as evaluate
 from research.train import classification, optimizers, steps
 from research.train.checkpoints import Checkpointer
@@ -83,14 +83,35 @@ def _input_fns(config: ConfigDict, num_classes: int):
     randoms.append(transforms.RandomShift(c.random_shift, fill=transform.background))
   if c.get("random_flip", False):
     randoms.append(transforms.RandomFlip())
-  return transform, transforms.Chain(tuple(randoms)) if randoms else None
+  if c.get("pca_lighting", 0.0):
+    randoms.append(crops.PCALighting(c.pca_lighting, std=tuple(c.get("std") or (1.0,) * 3)))
+  random_transform = transforms.Chain(tuple(randoms)) if randoms else None
+  train_crop, eval_crop = _crops(c)
+  return transform, random_transform, train_crop, eval_crop
 
 
-def evaluate_split(config, state, eval_fn, parallel, source, transform) -> dict:
+def _crops(c: ConfigDict):
+  """(train record transform, eval record transform) for photographs of varying size."""
+  kind = c.get("crop", "none")
+  if kind == "none":
+    return None, None
+  size, resize = c.get("crop_size", 224), c.get("resize", 256)
+  eval_crop = crops.ResizeCenterCrop(size, resize)
+  if kind == "random_resized":
+    return crops.RandomResizedCrop(size), eval_crop
+  if kind == "scale_jitter":
+    s_min, s_max = c.get("scale_range", (resize, resize))
+    return crops.ScaleJitterCrop(size, s_min, s_max), eval_crop
+  raise ValueError(
+    f"input.crop: expected one of ['none', 'random_resized', 'scale_jitter']; received {kind!r}."
+  )
+
+
+def evaluate_split(config, state, eval_fn, parallel, source, transform, crop=None) -> dict:
   """Accuracy and loss over every record of `source` (the whole split)."""
   totals = None
   for batch in pipeline.eval_batches(
-    source, global_batch_size=config.eval_batch_size, transform=transform
+    source, global_batch_size=config.eval_batch_size, transform=transform, record_transform=crop
   ):
     sums = eval_fn(state, parallel.put_batch(batch))
     totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
@@ -113,7 +134,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
   parallel = DataParallel(config.parallelism)
   parallel.check_batch_size(config.batch_size)
   parallel.check_batch_size(config.eval_batch_size, "eval_batch_size")
-  transform, random_transform = _input_fns(config, num_classes)
+  transform, random_transform, train_crop, eval_crop = _input_fns(config, num_classes)
   loss_fn = classification.resolve_loss(config.get("loss", "classification"))
   train_source = datasets.data_source(config.dataset, spec.train_split, data_dir=config.data_dir)
   test_source = datasets.data_source(config.dataset, spec.test_split, data_dir=config.data_dir)
@@ -123,11 +144,12 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     seed=config.seed,
     transform=transform,
     random_transform=random_transform,
+    record_transform=train_crop,
   )
 
   tx = optimizers.make_optimizer(config.optimizer, config.total_steps)
   schedule = optimizers.make_schedule(config.optimizer, config.total_steps)
-  first = train_source[0]
+  first = eval_crop(train_source[0]) if eval_crop else train_source[0]
   input_shape = transform({k: np.asarray(v)[None] for k, v in first.items()})["image"].shape
   state = create_train_state(model, tx, seed=config.seed, input_shape=input_shape)
   checkpointer = Checkpointer(
@@ -181,7 +203,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
         pending, last_log, last_time = [], step, now
       if config.eval_every_steps and step % config.eval_every_steps == 0:
         writer.write(
-          step, "test", evaluate_split(config, state, eval_fn, parallel, test_source, transform)
+          step,
+          "test",
+          evaluate_split(config, state, eval_fn, parallel, test_source, transform, eval_crop),
         )
       if step % config.checkpoint_every_steps == 0 or step == config.total_steps:
         check_finite()
@@ -191,7 +215,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     bar.close()
     writer.flush()
 
-  test = evaluate_split(config, state, eval_fn, parallel, test_source, transform)
+  test = evaluate_split(config, state, eval_fn, parallel, test_source, transform, eval_crop)
   writer.write(config.total_steps, "test", test)
   writer.close()
   checkpointer.close()
