@@ -11,6 +11,37 @@ from ml_collections import ConfigDict, config_dict
 # Per-channel statistics of the [0, 1]-scaled training images.
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 MNIST_MEAN, MNIST_STD = (0.1307,) * 3, (0.3081,) * 3
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IMAGENET_TRAIN = 1_281_167
+
+
+def imagenet(c: ConfigDict, *, crop: str, batch_size: int) -> None:
+  """Sets c's data to ImageNet (TFDS imagenet2012): crops, flips, normalization, batch."""
+  c.dataset = "imagenet2012"
+  c.input.crop = crop
+  c.input.random_flip = True
+  c.input.mean, c.input.std = IMAGENET_MEAN, IMAGENET_STD
+  c.batch_size = batch_size
+  c.eval_batch_size = 250  # divides the 50,000 validation images
+  c.checkpoint_every_steps = 5000
+
+
+def runlocal_digits(c: ConfigDict, *, upscale: int = 1, steps: int) -> None:
+  """Sets c's data to the offline mnist5k digits as 3-channel images of (28 * upscale + 4)^2."""
+  c.dataset = "mnist5k"
+  c.input.crop = "none"
+  c.input.channels = 3
+  c.input.upscale = upscale
+  c.input.pad = 2 * upscale
+  c.input.mean, c.input.std = MNIST_MEAN, MNIST_STD
+  c.input.random_shift = 2 * upscale
+  c.input.random_flip = False  # digits are not mirror-symmetric
+  c.input.pca_lighting = 0.0
+  c.batch_size = 64
+  c.eval_batch_size = 200
+  c.total_steps = steps
+  c.eval_every_steps = 0
+  c.checkpoint_every_steps = steps // 2
 
 
 def base() -> ConfigDict:
@@ -31,6 +62,11 @@ def base() -> ConfigDict:
   c.input.upscale = 1
   c.input.random_shift = 0
   c.input.random_flip = False
+  c.input.crop = "none"  # photographs: "random_resized" or "scale_jitter"
+  c.input.crop_size = 224
+  c.input.resize = 256  # shorter side before the evaluation's centre crop
+  c.input.scale_range = (256, 256)  # scale_jitter's [S_min, S_max]
+  c.input.pca_lighting = 0.0
   c.seed = 0
   c.batch_size = 64
   c.eval_batch_size = 200
@@ -49,6 +85,8 @@ def base() -> ConfigDict:
   c.optimizer.warmup_steps = 0
   c.optimizer.boundaries = (0.5, 0.75)
   c.optimizer.decay_factor = 0.1
+  c.optimizer.decay_every_steps = 1
+  c.optimizer.max_filter_rms = config_dict.placeholder(float)
   return c
 
 

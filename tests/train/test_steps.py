@@ -84,9 +84,11 @@ def _opt(**kw):
       "warmup_steps": 0,
       "boundaries": (0.5, 0.75),
       "decay_factor": 0.1,
+      "decay_every_steps": 1,
     }
   )
-  c.update(kw)
+  for k, v in kw.items():  # update() would refuse keys the dict lacks (max_filter_rms)
+    c[k] = v
   return c
 
 
@@ -114,3 +116,22 @@ def test_weight_decay_adds_l2_gradient():
 def test_unknown_optimizer_or_schedule(key, value, message):
   with pytest.raises(ValueError, match=message):
     optimizers.make_optimizer(_opt(**{key: value}), total_steps=10)
+
+
+def test_filters_above_the_rms_cap_are_scaled_back_and_others_kept():
+  tx = optimizers.make_optimizer(_opt(name="sgd", learning_rate=1.0, max_filter_rms=0.1), 10)
+  kernel = np.zeros((2, 2, 1, 3), np.float32)
+  kernel[..., 1] = 0.05  # RMS 0.05: under the cap
+  params = {"conv": {"kernel": jnp.asarray(kernel), "bias": jnp.zeros(3)}}
+  grads = {"conv": {"kernel": -jnp.ones((2, 2, 1, 3)), "bias": -jnp.ones(3)}}
+  new = optax.apply_updates(params, tx.update(grads, tx.init(params), params)[0])
+  rms = np.sqrt(np.mean(np.square(new["conv"]["kernel"]), axis=(0, 1, 2)))
+  np.testing.assert_allclose(rms, [0.1, 0.1, 0.1], rtol=1e-6)  # 1.0 and 1.05 scaled back
+  np.testing.assert_allclose(new["conv"]["bias"], np.ones(3))  # not a filter: plain SGD
+
+
+def test_exponential_schedule_decays_in_stairs():
+  schedule = optimizers.make_schedule(
+    _opt(schedule="exponential", decay_every_steps=8, decay_factor=0.96), total_steps=100
+  )
+  assert [float(schedule(s)) for s in (0, 7, 8, 16)] == pytest.approx([0.1, 0.1, 0.096, 0.09216])

@@ -1,0 +1,53 @@
+"""VGG-16 on ImageNet (Simonyan & Zisserman 2015, configuration D).
+
+Commands:
+    python -m research.main --config=experiments/vgg16_imagenet.py --workdir=DIR
+    python -m research.main --config=experiments/vgg16_imagenet.py:runlocal --workdir=DIR
+
+Paper: top-5 test error 7.3% (the ILSVRC-2014 submission, an ensemble); one
+VGG-16 with scale jittering, 8.8% top-5 validation error at one scale (check).
+Recipe: SGD batch 256, momentum 0.9, weight decay 5e-4, dropout 0.5 in fc6 and
+fc7, learning rate 0.01 divided by 10 three times when validation accuracy
+stopped improving (here at epochs 30, 50 and 65 of 74), random 224 crops of
+images whose shorter side is scaled to S in [256, 512], flips.
+Ours, full recipe: not run here (no ImageNet on this machine).
+Ours, `:runlocal` (VGG-16 with batch norm and 256-wide fc layers on mnist5k
+digits as 3-channel 32x32 images): not measured yet.
+"""
+
+from __future__ import annotations
+
+from ml_collections import ConfigDict
+
+from experiments import _classification as base
+
+
+def get_config(arg: str | None = None) -> ConfigDict:
+  """`arg`: None (the paper's recipe on TFDS imagenet2012) or "runlocal" (offline, minutes)."""
+  base.variant(arg, "vgg16_imagenet")
+  c = base.base()
+  c.model = "vgg.VGG16"
+  base.imagenet(c, crop="scale_jitter", batch_size=256)
+  c.input.scale_range = (256, 512)
+  c.total_steps = base.epochs_to_steps(74, base.IMAGENET_TRAIN, 256)
+  c.eval_every_steps = base.epochs_to_steps(5, base.IMAGENET_TRAIN, 256)
+  c.optimizer.name = "momentum"
+  c.optimizer.learning_rate = 0.01
+  c.optimizer.weight_decay = 5e-4
+  c.optimizer.schedule = "step"
+  c.optimizer.boundaries = (30 / 74, 50 / 74, 65 / 74)
+  c.optimizer.decay_factor = 0.1
+  if arg == "runlocal":
+    c.model = "vgg.VGG16_BN"  # from scratch in minutes, VGG-16 needs batch norm
+    c.model_kwargs = ConfigDict({"hidden": 256})
+    base.runlocal_digits(c, steps=200)
+    c.optimizer.learning_rate = 0.02
+  return c
+
+
+if __name__ == "__main__":
+  import sys
+
+  from research import main as _main
+
+  _main.main(["--config=" + __file__, *sys.argv[1:]])
