@@ -1,7 +1,7 @@
 """Boxes: format conversion, IoU, the R-CNN box coder, clipping and non-maximum suppression.
 
 Boxes are `[..., 4]` float (x1, y1, x2, y2) with x1 <= x2 and y1 <= y2, as in
-torchvision. Everything here is pure `jax.numpy` and runs under `jax.jit` with
+torchvision. The functions are pure `jax.numpy` and run under `jax.jit` with
 static shapes; `nms` and `batched_nms` return `max_output` indices padded with 0
 plus a validity mask, the way detection batches carry padded boxes.
 
@@ -75,20 +75,20 @@ def check_boxes(boxes, name: str = "boxes", *, fmt: str = "xyxy") -> np.ndarray:
   boxes = np.asarray(boxes)
   _check_shape(boxes, name, "check_boxes", f"[..., 4] ({fmt})")
   flat = boxes.reshape(-1, 4).astype(np.float64)
-  bad = ~np.isfinite(flat).all(axis=1)
-  if bad.any():
-    row = int(np.flatnonzero(bad)[0])
-    raise ValueError(f"{name}: coordinates must be finite, got {tuple(flat[row])} at box {row}")
   if fmt == "xyxy":
-    w, h, what = flat[:, 2] - flat[:, 0], flat[:, 3] - flat[:, 1], "x1 <= x2 and y1 <= y2"
+    with np.errstate(invalid="ignore"):  # inf - inf; the finite check names that box first
+      w, h, what = flat[:, 2] - flat[:, 0], flat[:, 3] - flat[:, 1], "x1 <= x2 and y1 <= y2"
   else:
     w, h, what = flat[:, 2], flat[:, 3], "w >= 0 and h >= 0"
-  bad = (w < 0) | (h < 0)
-  if bad.any():
-    row = int(np.flatnonzero(bad)[0])
-    raise ValueError(
-      f"{name}: expected {fmt} boxes with {what}, got {tuple(flat[row])} at box {row}"
-    )
+  for bad, expected in (
+    (~np.isfinite(flat).all(axis=1), "finite coordinates"),
+    ((w < 0) | (h < 0), what),
+  ):
+    if bad.any():
+      row = int(np.argmax(bad))
+      raise ValueError(
+        f"{name}: expected {fmt} boxes with {expected}, got {tuple(flat[row].tolist())} at box {row}"
+      )
   return boxes
 
 
@@ -125,18 +125,21 @@ def area(boxes) -> jax.Array:
   return _area(_boxes(boxes, "boxes", "area"))
 
 
+def _pairwise_iou(a, b, xp):
+  """a: [N, 4], b: [M, 4] -> [N, M], in torchvision's order of operations (xp: jnp or np)."""
+  rb = xp.minimum(a[:, None, 2:], b[None, :, 2:])
+  wh = xp.maximum(rb - xp.maximum(a[:, None, :2], b[None, :, :2]), 0)
+  inter = wh[..., 0] * wh[..., 1]
+  return inter / (_area(a)[:, None] + _area(b)[None, :] - inter)
+
+
 def iou(boxes1, boxes2) -> jax.Array:
   """Pairwise intersection over union. boxes1: [N, 4], boxes2: [M, 4] (x1, y1, x2, y2) -> [N, M].
 
   Two empty (zero-area) boxes give 0 / 0 = NaN, as in torchvision.
   """
   a = _boxes(boxes1, "boxes1", "iou", ndim=2)
-  b = _boxes(boxes2, "boxes2", "iou", ndim=2)
-  lt = jnp.maximum(a[:, None, :2], b[None, :, :2])
-  rb = jnp.minimum(a[:, None, 2:], b[None, :, 2:])
-  wh = jnp.maximum(rb - lt, 0)
-  inter = wh[..., 0] * wh[..., 1]
-  return inter / (_area(a)[:, None] + _area(b)[None, :] - inter)
+  return _pairwise_iou(a, _boxes(boxes2, "boxes2", "iou", ndim=2), jnp)
 
 
 def _weights(weights, fn: str):
@@ -151,7 +154,7 @@ def _centers(b):
 
 
 def encode(boxes, anchors, weights=(1.0, 1.0, 1.0, 1.0)) -> jax.Array:
-  """R-CNN regression targets of `boxes` relative to `anchors` (torchvision's BoxCoder.encode).
+  """R-CNN regression targets of `boxes` relative to `anchors` (torchvision's BoxCoder.encode_single).
 
   boxes, anchors: [..., 4] (x1, y1, x2, y2), broadcastable; anchors of positive size.
   Returns [..., 4] (tx, ty, tw, th) = (wx dx / wa, wy dy / ha, ww log(w / wa), wh log(h / ha)),
@@ -166,11 +169,13 @@ def encode(boxes, anchors, weights=(1.0, 1.0, 1.0, 1.0)) -> jax.Array:
   )
 
 
-def decode(deltas, anchors, weights=(1.0, 1.0, 1.0, 1.0), clip=BBOX_XFORM_CLIP) -> jax.Array:
+def decode(
+  deltas, anchors, weights=(1.0, 1.0, 1.0, 1.0), bbox_xform_clip=BBOX_XFORM_CLIP
+) -> jax.Array:
   """Inverse of `encode` (torchvision's BoxCoder.decode_single): boxes from regression outputs.
 
   deltas: [..., 4] (tx, ty, tw, th); anchors: [..., 4] (x1, y1, x2, y2), broadcastable.
-  tw / ww and th / wh are clamped at `clip` (log(1000 / 16)) before exp.
+  tw / ww and th / wh are clamped at `bbox_xform_clip` (log(1000 / 16)) before exp.
   Returns [..., 4] (x1, y1, x2, y2).
   """
   wx, wy, ww, wh = _weights(weights, "decode")
@@ -179,8 +184,8 @@ def decode(deltas, anchors, weights=(1.0, 1.0, 1.0, 1.0), clip=BBOX_XFORM_CLIP) 
   deltas = jnp.asarray(deltas).astype(anchors.dtype)
   ax, ay, aw, ah = _centers(anchors)
   dx, dy = deltas[..., 0] / wx, deltas[..., 1] / wy
-  dw = jnp.minimum(deltas[..., 2] / ww, clip)
-  dh = jnp.minimum(deltas[..., 3] / wh, clip)
+  dw = jnp.minimum(deltas[..., 2] / ww, bbox_xform_clip)
+  dh = jnp.minimum(deltas[..., 3] / wh, bbox_xform_clip)
   cx, cy = dx * aw + ax, dy * ah + ay
   half_w, half_h = 0.5 * (jnp.exp(dw) * aw), 0.5 * (jnp.exp(dh) * ah)
   return jnp.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=-1)
@@ -229,85 +234,127 @@ def _round_up(n: int, m: int) -> int:
   return -(-n // m) * m
 
 
-# Tile of sorted boxes resolved at a time, and chunk of kept boxes it is compared
-# with: [TILE, TILE] IoU blocks stay in cache; see benchmarks/boxes.py.
+# Boxes resolved at a time, and kept boxes each [TILE, TILE] IoU block compares
+# them with: the blocks stay in cache, and temporaries stay O(N) (1 MB for 10,000
+# boxes; the dense IoU matrix would be 400 MB). Tiles of 64 to 512 timed alike
+# within noise on 2 CPU cores (benchmarks/boxes.py cases).
 TILE = 256
 
 
-def _suppressed(kept, kept_cls, tile, tile_cls, thr, same_class_only):
-  """[C] kept and [T] tile boxes as (x1, y1, x2, y2, area) rows [5, C], [5, T] -> [C, T] bool."""
-  w = jnp.minimum(kept[2][:, None], tile[2]) - jnp.maximum(kept[0][:, None], tile[0])
-  h = jnp.minimum(kept[3][:, None], tile[3]) - jnp.maximum(kept[1][:, None], tile[1])
+def _overlaps(a, a_cls, b, b_cls, thr, by_class):
+  """a: [5, A], b: [5, B] rows (x1, y1, x2, y2, area) -> [A, B] bool, IoU > thr."""
+  w = jnp.minimum(a[2][:, None], b[2]) - jnp.maximum(a[0][:, None], b[0])
+  h = jnp.minimum(a[3][:, None], b[3]) - jnp.maximum(a[1][:, None], b[1])
   inter = jnp.maximum(w, 0) * jnp.maximum(h, 0)
-  # torchvision's expression, term for term, so IoUs round the same way.
-  over = inter / (kept[4][:, None] + tile[4] - inter) > thr
-  return over & (kept_cls[:, None] == tile_cls) if same_class_only else over
+  # torchvision's expression term for term (kept box first), so IoUs round the same.
+  over = inter / (a[4][:, None] + b[4] - inter) > thr
+  return over & (a_cls[:, None] == b_cls) if by_class else over
 
 
-@functools.partial(jax.jit, static_argnames=("max_output", "tile", "by_class"))
-def _nms_sorted(cols, cls, alive, thr, *, max_output, tile, by_class):
-  """Greedy NMS over boxes in processing order, a tile at a time.
+def _greedy(cols, cls, alive, thr, *, cap, stop_at, tile, by_class):
+  """Greedy NMS of boxes in processing order, one tile at a time.
 
-  cols: [5, Np] (x1, y1, x2, y2, area); cls: [Np] int32, non-decreasing when
-  by_class; alive: [Np] bool (padding False); Np a multiple of `tile`. Returns
-  (positions [max_output] in processing order, ascending, padded with 0; valid).
+  cols: [5, Np] (x1, y1, x2, y2, area), cls: [Np] int32 (non-decreasing when
+  by_class), alive: [Np] bool; Np a multiple of tile. Returns (kept positions
+  [cap] in processing order, count).
   """
   n = cols.shape[1]
-  # Processed in score order, NMS can stop once max_output boxes are kept; by class, it cannot.
-  cap = _round_up(n if by_class else min(n, max_output - 1 + tile), tile)
-  big = jnp.iinfo(jnp.int32).max
 
   def body(state):
-    t, k, kept, kept_cls, kept_pos = state
-    start = t * tile
-    tb = lax.dynamic_slice_in_dim(cols, start, tile, axis=1)
-    tc = lax.dynamic_slice_in_dim(cls, start, tile)
-    ta = lax.dynamic_slice_in_dim(alive, start, tile)
-    # Only kept boxes can suppress; by class they are sorted, so those of this
-    # tile's classes start at the first kept box of class >= the tile's first.
+    t, k, kept, kept_cls, kept_pos, tb, tc = state
+    ta = lax.dynamic_slice_in_dim(alive, t * tile, tile)
+    # Only kept boxes can suppress. By class they are sorted by class, so the
+    # ones of this tile's classes start at the first of class >= its first.
     first = jnp.searchsorted(kept_cls, tc[0]) // tile if by_class else 0
 
     def against_kept(c, a):
       kb = lax.dynamic_slice_in_dim(kept, c * tile, tile, axis=1)
       kc = lax.dynamic_slice_in_dim(kept_cls, c * tile, tile)
-      return a & ~_suppressed(kb, kc, tb, tc, thr, by_class).any(axis=0)
+      return a & ~_overlaps(kb, kc, tb, tc, thr, by_class).any(axis=0)
 
     ta = lax.fori_loop(first, (k + tile - 1) // tile, against_kept, ta)
-    # Within the tile, box j survives iff no surviving i < j overlaps it. That
-    # recursion has one solution, reached by iterating to a fixed point; each
-    # pass settles at least the next box, and random boxes need a handful.
-    over = _suppressed(tb, tc, tb, tc, thr, by_class)
-    over &= jnp.arange(tile)[:, None] < jnp.arange(tile)[None, :]
-
-    def resolve(s):
-      keep = ta & ~(over & s[0][:, None]).any(axis=0)
-      return keep, (keep != s[0]).any()
-
-    keep, _ = lax.while_loop(lambda s: s[1], resolve, (ta, ta.any()))
+    # Within the tile, greedy in order: when row i comes, its status is final.
+    # T cheap sequential steps; a parallel fixed-point iteration was no faster
+    # on random boxes and took T passes on a chain of overlaps (35x slower).
+    later = jnp.arange(tile)[:, None] < jnp.arange(tile)[None, :]
+    over = later & _overlaps(tb, tc, tb, tc, thr, by_class)
+    keep = lax.fori_loop(0, tile, lambda i, keep: keep & ~(over[i] & keep[i]), ta)
     slot = jnp.where(keep, k + jnp.cumsum(keep) - 1, cap)
     kept = kept.at[:, slot].set(tb, mode="drop")
     kept_cls = kept_cls.at[slot].set(tc, mode="drop")
-    kept_pos = kept_pos.at[slot].set(start + jnp.arange(tile), mode="drop")
-    return t + 1, k + keep.sum(), kept, kept_cls, kept_pos
+    kept_pos = kept_pos.at[slot].set(t * tile + jnp.arange(tile), mode="drop")
+    # The next tile rides in the loop state: sliced inside the body, XLA:CPU
+    # fuses the slice into the IoU reductions and runs them ~4x slower.
+    nxt = jnp.minimum(t + 1, n // tile - 1) * tile
+    tb = lax.dynamic_slice_in_dim(cols, nxt, tile, axis=1)
+    tc = lax.dynamic_slice_in_dim(cls, nxt, tile)
+    return t + 1, k + keep.sum(), kept, kept_cls, kept_pos, tb, tc
 
   def cond(state):
-    t, k = state[:2]
-    return (t < n // tile) & (by_class | (k < max_output))
+    return (state[0] < n // tile) & (state[1] < stop_at)
 
-  init = (0, 0, jnp.zeros((5, cap), cols.dtype), jnp.full((cap,), big), jnp.zeros((cap,), int))
-  _, k, _, _, kept_pos = lax.while_loop(cond, body, init)
-  valid = jnp.arange(cap) < k
+  big = jnp.iinfo(jnp.int32).max
+  kept = (jnp.zeros((5, cap), cols.dtype), jnp.full((cap,), big), jnp.zeros((cap,), jnp.int32))
+  state = lax.while_loop(cond, body, (0, 0, *kept, cols[:, :tile], cls[:tile]))
+  return state[4], state[1]
+
+
+def _class_major(c):
+  """c: [N] int32 classes of boxes sorted by score -> [N] positions, class by class, stable."""
+  n = c.shape[0]
+  iota = jnp.arange(n, dtype=jnp.uint32)
+  # One sort of a single key (class - min) * N + position is ~4x faster on XLA:CPU
+  # than a sort of two arrays; it needs the classes' span * N to fit in 32 bits.
+  # Differences are taken in uint32, where wrap-around makes them exact.
+  lo = c.min().astype(jnp.uint32)
+  span = c.astype(jnp.uint32) - lo
+  return lax.cond(
+    span.max() <= np.uint32((2**32 - 1) // n - 1),
+    lambda: (jnp.sort(span * n + iota) % n).astype(jnp.int32),
+    lambda: lax.sort((c, iota.astype(jnp.int32)), num_keys=2)[-1],
+  )
+
+
+@functools.partial(jax.jit, static_argnames=("max_output", "by_class", "tile"))
+def _nms(boxes, scores, classes, valid, thr, *, max_output, by_class, tile=TILE):
+  """boxes: [N, 4], scores: [N], classes: [N] int32 or None, valid: [N] or None -> [max_output] x 2."""
+  n = boxes.shape[0]
+  # Defaults made here, inside one compiled program: eager ops cost ~50 us each.
+  classes = jnp.zeros((n,), jnp.int32) if classes is None else classes
+  valid = jnp.ones((n,), bool) if valid is None else valid
+  tile = min(tile, _round_up(n, 8))
+  pad = _round_up(n, tile) - n
+  iota = jnp.arange(n, dtype=jnp.int32)
+  # Decreasing score, equal scores by index: torchvision's stable sort.
+  by_score = lax.sort((-scores, iota), num_keys=2)[-1]
+  order = by_score
   if by_class:
-    # Back to processing order: kept positions as a mask, its first max_output entries.
-    mask = jnp.zeros((n,), bool).at[jnp.where(valid, kept_pos, n)].set(True, mode="drop")
-    (pos,) = jnp.nonzero(mask, size=max_output, fill_value=0)
-    return pos, jnp.arange(max_output) < k
-  pad = max(max_output - cap, 0)
-  pos = jnp.pad(jnp.where(valid, kept_pos, 0), (0, pad))[:max_output]
-  return pos, jnp.pad(valid, (0, pad))[:max_output]
+    # torchvision's coordinate trick, so that IoUs round as in its batched_nms.
+    boxes = boxes + (classes.astype(boxes.dtype) * (boxes.max() + 1))[:, None]
+    rank = _class_major(classes[by_score])  # positions in by_score, class by class
+    order = by_score[rank]
+  b = boxes[order]
+  cols = jnp.pad(jnp.concatenate([b.T, _area(b)[None]]), ((0, 0), (0, pad)))
+  cls = jnp.pad(classes[order], (0, pad), constant_values=jnp.iinfo(jnp.int32).max)
+  alive = jnp.pad(valid[order], (0, pad))
+  if by_class:
+    # No early stop: the last class may hold the best box. The kept boxes' ranks,
+    # marked and read back in order, give them by decreasing score.
+    cap = n + pad
+    pos, k = _greedy(cols, cls, alive, thr, cap=cap, stop_at=n + 1, tile=tile, by_class=True)
+    kept_rank = jnp.where(jnp.arange(cap) < k, rank[jnp.minimum(pos, n - 1)], n)
+    marked = jnp.zeros((n,), bool).at[kept_rank].set(True, mode="drop")
+    (pos,) = jnp.nonzero(marked, size=min(max_output, n), fill_value=0)
+  else:
+    # Processed by score, NMS stops once max_output boxes are kept.
+    cap = _round_up(min(n + pad, max_output - 1 + tile), tile)
+    pos, k = _greedy(cols, cls, alive, thr, cap=cap, stop_at=max_output, tile=tile, by_class=False)
+  pos = jnp.pad(pos, (0, max(max_output - pos.shape[0], 0)))[:max_output]
+  ok = jnp.arange(max_output) < k
+  return jnp.where(ok, by_score[pos], 0), ok
 
 
-def _nms_inputs(boxes, scores, valid, max_output, fn):
+def _nms_inputs(boxes, scores, valid, max_output, iou_threshold, fn):
   boxes = _boxes(boxes, "boxes", fn, ndim=2)
   n = boxes.shape[0]
   if np.shape(scores) != (n,):
@@ -320,25 +367,15 @@ def _nms_inputs(boxes, scores, valid, max_output, fn):
     raise ValueError(f"{fn}: valid must be [N] = [{n}] bool, got shape {np.shape(valid)}")
   if not isinstance(max_output, numbers.Integral) or max_output < 0:
     raise ValueError(f"{fn}: max_output must be an int >= 0, got {max_output!r}")
-  valid = jnp.ones((n,), bool) if valid is None else jnp.asarray(valid, bool)
-  return boxes, jnp.asarray(scores), valid
-
-
-def _run(boxes, order, cls, valid, thr, max_output, by_class):
-  """Pads boxes taken in `order` to a multiple of the tile and runs the tiled NMS."""
-  n = boxes.shape[0]
-  tile = min(TILE, _round_up(n, 8))
-  pad = _round_up(n, tile) - n
-  b = boxes[order]
-  cols = jnp.pad(jnp.concatenate([b.T, _area(b)[None]]), ((0, 0), (0, pad)))
-  cls = jnp.pad(cls[order], (0, pad), constant_values=jnp.iinfo(jnp.int32).max)
-  alive = jnp.pad(valid[order], (0, pad))
-  pos, ok = _nms_sorted(cols, cls, alive, thr, max_output=max_output, tile=tile, by_class=by_class)
-  return jnp.where(ok, order[pos], 0), ok
+  thr = _threshold(iou_threshold, boxes.dtype, fn)
+  scores = jnp.asarray(scores)
+  if not jnp.issubdtype(scores.dtype, jnp.floating):
+    scores = scores.astype(jnp.float32)
+  return boxes, scores, None if valid is None else jnp.asarray(valid, bool), thr
 
 
 def nms(boxes, scores, iou_threshold, *, max_output, valid=None):
-  """Greedy non-maximum suppression with static shapes, exactly `torchvision.ops.nms`.
+  """Greedy non-maximum suppression with static shapes: exactly `torchvision.ops.nms`.
 
   boxes: [N, 4] (x1, y1, x2, y2); scores: [N]; a box is dropped when its IoU with
   a kept higher-scoring box is > iou_threshold (a Python float). valid: optional
@@ -346,62 +383,44 @@ def nms(boxes, scores, iou_threshold, *, max_output, valid=None):
   Returns (indices [max_output] int32 by decreasing score, equal scores by index,
   padded with 0; valid [max_output] bool). Runs under jit; check values with `check_boxes`.
   """
-  boxes, scores, valid = _nms_inputs(boxes, scores, valid, max_output, "nms")
-  thr = _threshold(iou_threshold, boxes.dtype, "nms")
+  boxes, scores, valid, thr = _nms_inputs(boxes, scores, valid, max_output, iou_threshold, "nms")
   if boxes.shape[0] == 0 or max_output == 0:
     return jnp.zeros((max_output,), jnp.int32), jnp.zeros((max_output,), bool)
-  order = jnp.argsort(scores, descending=True, stable=True)
-  cls = jnp.zeros((boxes.shape[0],), jnp.int32)
-  return _run(boxes, order, cls, valid, thr, max_output, by_class=False)
+  return _nms(boxes, scores, None, valid, thr, max_output=max_output, by_class=False)
 
 
 def batched_nms(boxes, scores, classes, iou_threshold, *, max_output, valid=None):
   """`nms` within each class only, as `torchvision.ops.batched_nms`.
 
   boxes: [N, 4]; scores: [N]; classes: [N] int. Like torchvision, boxes are
-  shifted by class * (max coordinate + 1) so that IoUs round exactly as its
-  coordinate trick does; boxes are then processed class by class and only
-  compared within their class, which is also right for negative coordinates.
+  shifted by class * (max coordinate + 1), so IoUs round exactly as in its
+  coordinate trick; they are then processed class by class and compared only
+  within their class (right for negative coordinates too, unlike the bare trick).
+  As with the trick, float32 loses IoU precision once class * coordinates pass
+  ~1e6 (ulp 0.06): keep class ids small (contiguous labels, not hashes).
   Returns (indices [max_output] by decreasing score, valid [max_output]).
   """
-  boxes, scores, valid = _nms_inputs(boxes, scores, valid, max_output, "batched_nms")
+  fn = "batched_nms"
+  boxes, scores, valid, thr = _nms_inputs(boxes, scores, valid, max_output, iou_threshold, fn)
   n = boxes.shape[0]
   if np.shape(classes) != (n,) or not jnp.issubdtype(jnp.result_type(classes), jnp.integer):
     raise ValueError(
-      f"batched_nms: classes must be [N] = [{n}] int, got shape {np.shape(classes)} "
+      f"{fn}: classes must be [N] = [{n}] int, got shape {np.shape(classes)} "
       f"dtype {jnp.result_type(classes)}"
     )
-  thr = _threshold(iou_threshold, boxes.dtype, "batched_nms")
   if n == 0 or max_output == 0:
     return jnp.zeros((max_output,), jnp.int32), jnp.zeros((max_output,), bool)
   classes = jnp.asarray(classes, jnp.int32)
-  boxes = boxes + (classes.astype(boxes.dtype) * (boxes.max() + 1))[:, None]
-  by_score = jnp.argsort(scores, descending=True, stable=True)
-  # Stable by class, so scores stay decreasing (ties by index) inside each class.
-  order = by_score[jnp.argsort(classes[by_score], stable=True)]
-  idx, ok = _run(boxes, order, classes, valid, thr, n, by_class=True)
-  # Kept boxes come class by class; their ranks in `by_score` restore the score order.
-  rank = jnp.zeros((n,), jnp.int32).at[by_score].set(jnp.arange(n, dtype=jnp.int32))
-  top = jnp.argsort(jnp.where(ok, rank[idx], n))[:max_output]
-  k = min(max_output, n)
-  return (
-    jnp.pad(jnp.where(ok[top], idx[top], 0), (0, max_output - k)),
-    jnp.pad(ok[top], (0, max_output - k)),
-  )
+  return _nms(boxes, scores, classes, valid, thr, max_output=max_output, by_class=True)
 
 
 def iou_numpy(boxes1, boxes2) -> np.ndarray:
   """Host-side `iou`: boxes1 [N, 4], boxes2 [M, 4] (x1, y1, x2, y2) -> [N, M]."""
-  a = check_boxes(boxes1, "iou_numpy: boxes1")
-  b = check_boxes(boxes2, "iou_numpy: boxes2")
-  _check_shape(a, "boxes1", "iou_numpy", "[N, 4]", 2)
-  _check_shape(b, "boxes2", "iou_numpy", "[M, 4]", 2)
-  lt = np.maximum(a[:, None, :2], b[None, :, :2])
-  rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-  wh = np.maximum(rb - lt, 0)
-  inter = wh[..., 0] * wh[..., 1]
+  _check_shape(boxes1, "boxes1", "iou_numpy", "[N, 4]", 2)
+  _check_shape(boxes2, "boxes2", "iou_numpy", "[M, 4]", 2)
+  a, b = check_boxes(boxes1, "iou_numpy: boxes1"), check_boxes(boxes2, "iou_numpy: boxes2")
   with np.errstate(invalid="ignore", divide="ignore"):
-    return inter / (_area(a)[:, None] + _area(b)[None, :] - inter)
+    return _pairwise_iou(a, b, np)
 
 
 def nms_numpy(boxes, scores, iou_threshold) -> np.ndarray:
@@ -409,26 +428,20 @@ def nms_numpy(boxes, scores, iou_threshold) -> np.ndarray:
 
   Exactly `torchvision.ops.nms` (same IoU expression and comparison).
   """
+  _check_shape(boxes, "boxes", "nms_numpy", "[N, 4] (x1, y1, x2, y2)", 2)
   b = check_boxes(boxes, "nms_numpy: boxes")
-  _check_shape(b, "boxes", "nms_numpy", "[N, 4] (x1, y1, x2, y2)", 2)
   b = b.astype(np.promote_types(b.dtype, np.float32))
   scores = np.asarray(scores)
   if scores.shape != (len(b),) or np.isnan(scores).any():
     raise ValueError(f"nms_numpy: scores must be [N] = [{len(b)}] without NaN, got {scores.shape}")
   thr = _threshold(iou_threshold, b.dtype, "nms_numpy")
-  x1, y1, x2, y2 = b.T
-  areas = _area(b)
-  order = np.argsort(-scores, kind="stable")
+  order = np.argsort(-scores.astype(np.float64), kind="stable")
   keep = []
   while order.size:
-    i, rest = order[0], order[1:]
-    keep.append(i)
-    w = np.maximum(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0)
-    h = np.maximum(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0)
-    inter = w * h
+    keep.append(order[0])
     with np.errstate(invalid="ignore", divide="ignore"):
       # NaN IoU (two empty boxes) does not suppress, as in torchvision.
-      order = rest[~(inter / (areas[i] + areas[rest] - inter) > thr)]
+      order = order[1:][~(_pairwise_iou(b[order[:1]], b[order[1:]], np)[0] > thr)]
   return np.asarray(keep, np.int64)
 
 
