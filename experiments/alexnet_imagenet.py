@@ -8,11 +8,13 @@ Paper: top-5 test error 16.4% with 5 nets, 18.2% top-5 validation error for
 one net (top-1 40.7%). Recipe: SGD batch 128, momentum 0.9, weight decay 5e-4,
 learning rate 0.01 divided by 10 whenever the validation error stopped improving
 (three times in about 90 epochs; here at epochs 30, 60 and 80), dropout 0.5 in
-the first two fully connected layers, random 224 crops of 256x256-resized
-images with flips, and PCA colour augmentation (alpha std 0.1).
+the first two fully connected layers, random 224 crops and flips of images whose
+shorter side is resized to 256 (the paper crops within the central 256x256
+patch only), and PCA colour augmentation (alpha std 0.1).
 Ours, full recipe: not run here (no ImageNet on this machine).
-Ours, `:runlocal` (AlexNet with 256-wide fc layers on mnist5k digits as 3-channel
-64x64 images): not measured yet.
+Ours, `:runlocal` (AlexNet with 256-wide fc layers on mnist5k digits as
+3-channel 64x64 images): 87.5% test accuracy in 184 s (300 steps of batch 64,
+4.9M parameters), measured on two CPU cores shared with other jobs.
 """
 
 from __future__ import annotations

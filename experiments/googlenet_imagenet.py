@@ -11,7 +11,8 @@ crops of 8%-100% of the image area with aspect ratios 3/4-4/3, flips. The
 paper gives neither the base learning rate nor the epochs: 0.01 and 90 here.
 Ours, full recipe: not run here (no ImageNet on this machine).
 Ours, `:runlocal` (GoogLeNet with its auxiliary heads on mnist5k digits as
-3-channel 64x64 images): not measured yet.
+3-channel 32x32 images): 84.4% test accuracy in 194 s (120 steps of batch 64,
+10.0M parameters), measured on two CPU cores shared with other jobs.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.optimizer.decay_every_steps = base.epochs_to_steps(8, base.IMAGENET_TRAIN, 256)
   c.optimizer.decay_factor = 0.96
   if arg == "runlocal":
-    base.runlocal_digits(c, upscale=2, steps=200)
-    c.optimizer.decay_every_steps = 50
+    base.runlocal_digits(c, steps=120)
+    c.optimizer.decay_every_steps = 30
   return c
 
 

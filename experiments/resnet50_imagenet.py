@@ -11,7 +11,8 @@ accuracy with one 224 crop. Recipe: SGD momentum 0.9, batch 256, learning rate
 224 crops and flips; evaluation on the centre 224 crop of the 256-resized image.
 Ours, full recipe: not run here (no ImageNet on this machine).
 Ours, `:runlocal` (the same Bottleneck ResNet-50 at 1/8 width, on mnist5k digits
-as 3-channel 32x32 images): not measured yet.
+as 3-channel 32x32 images): 79.4% test accuracy in 74 s (300 steps of batch 64,
+0.38M parameters), measured on two CPU cores shared with other jobs.
 """
 
 from __future__ import annotations

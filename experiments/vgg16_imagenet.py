@@ -12,7 +12,10 @@ stopped improving (here at epochs 30, 50 and 65 of 74), random 224 crops of
 images whose shorter side is scaled to S in [256, 512], flips.
 Ours, full recipe: not run here (no ImageNet on this machine).
 Ours, `:runlocal` (VGG-16 with batch norm and 256-wide fc layers on mnist5k
-digits as 3-channel 32x32 images): not measured yet.
+digits as 3-channel 32x32 images): 57.7% test accuracy in 412 s (120 steps of
+batch 32, 21.2M parameters): too slow and too short a run for VGG-16 on two
+cores; a smaller member of the family is the next thing to try, measured on two
+CPU cores shared with other jobs.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
   if arg == "runlocal":
     c.model = "vgg.VGG16_BN"  # from scratch in minutes, VGG-16 needs batch norm
     c.model_kwargs = ConfigDict({"hidden": 256})
-    base.runlocal_digits(c, steps=200)
+    base.runlocal_digits(c, steps=120)
+    c.batch_size = 32
     c.optimizer.learning_rate = 0.02
   return c
 

@@ -11,7 +11,9 @@ fc6 and fc7, 224 crops of 256-resized images with flips, and every conv filter
 whose RMS exceeds 0.1 scaled back to 0.1 after each step.
 Ours, full recipe: not run here (no ImageNet on this machine).
 Ours, `:runlocal` (ZFNet with 256-wide fc layers on mnist5k digits as 3-channel
-64x64 images): not measured yet.
+64x64 images): 77.0% test accuracy in 139 s (150 steps of batch 64, 6.2M
+parameters; 300 steps gave 94.4% in 395 s), measured on two CPU cores shared
+with other jobs.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.optimizer.max_filter_rms = 0.1
   if arg == "runlocal":
     c.model_kwargs = ConfigDict({"hidden": 256})
-    base.runlocal_digits(c, upscale=2, steps=300)
+    base.runlocal_digits(c, upscale=2, steps=150)
   return c
 
 
