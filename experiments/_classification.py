@@ -26,6 +26,20 @@ def imagenet(c: ConfigDict, *, crop: str, batch_size: int) -> None:
   c.checkpoint_every_steps = 5000
 
 
+def torchvision_resnet_recipe(c: ConfigDict) -> None:
+  """torchvision's ResNet recipe on ImageNet: batch 256, SGD momentum 0.9, lr 0.1 divided
+  by 10 at epochs 30 and 60 of 90, weight decay 1e-4, random-resized crops and flips."""
+  imagenet(c, crop="random_resized", batch_size=256)
+  c.total_steps = epochs_to_steps(90, IMAGENET_TRAIN, 256)
+  c.eval_every_steps = epochs_to_steps(5, IMAGENET_TRAIN, 256)
+  c.optimizer.name = "momentum"
+  c.optimizer.learning_rate = 0.1
+  c.optimizer.weight_decay = 1e-4
+  c.optimizer.schedule = "step"
+  c.optimizer.boundaries = (30 / 90, 60 / 90)
+  c.optimizer.decay_factor = 0.1
+
+
 def runlocal_digits(c: ConfigDict, *, upscale: int = 1, steps: int) -> None:
   """Sets c's data to the offline mnist5k digits as 3-channel images of (28 * upscale + 4)^2."""
   c.dataset = "mnist5k"

@@ -47,15 +47,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.model_kwargs = ConfigDict(
       {"stem": "cifar", "growth_rate": 12, "block_config": (4, 4, 4), "num_init_features": 24}
     )
-    c.dataset = "mnist5k"
-    c.input.channels = 3
-    c.input.pad = 2
-    c.input.mean, c.input.std = base.MNIST_MEAN, base.MNIST_STD
-    c.input.random_shift = 2
-    c.input.random_flip = False
-    c.eval_batch_size = 200
-    c.total_steps = 120
-    c.checkpoint_every_steps = 60
+    base.runlocal_digits(c, steps=120)
   return c
 
 

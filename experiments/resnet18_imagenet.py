@@ -25,15 +25,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
   base.variant(arg, "resnet18_imagenet")
   c = base.base()
   c.model = "resnet.ResNet18"
-  base.imagenet(c, crop="random_resized", batch_size=256)
-  c.total_steps = base.epochs_to_steps(90, base.IMAGENET_TRAIN, 256)
-  c.eval_every_steps = base.epochs_to_steps(5, base.IMAGENET_TRAIN, 256)
-  c.optimizer.name = "momentum"
-  c.optimizer.learning_rate = 0.1
-  c.optimizer.weight_decay = 1e-4
-  c.optimizer.schedule = "step"
-  c.optimizer.boundaries = (30 / 90, 60 / 90)
-  c.optimizer.decay_factor = 0.1
+  base.torchvision_resnet_recipe(c)
   if arg == "runlocal":
     c.model_kwargs = ConfigDict({"num_filters": 16})
     base.runlocal_digits(c, steps=300)

@@ -45,17 +45,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.optimizer.decay_factor = 0.2
   if arg == "runlocal":
     c.model_kwargs = ConfigDict({"depth": 16, "widen_factor": 2, "dropout_rate": 0.0})
-    c.dataset = "mnist5k"
-    c.input.channels = 3
-    c.input.pad = 2  # 28x28 -> 32x32, CIFAR's size
-    c.input.mean, c.input.std = base.MNIST_MEAN, base.MNIST_STD
-    c.input.random_shift = 2
-    c.input.random_flip = False  # digits are not mirror-symmetric
-    c.batch_size = 64
-    c.eval_batch_size = 200
-    c.total_steps = 200
-    c.eval_every_steps = 0
-    c.checkpoint_every_steps = 100
+    base.runlocal_digits(c, steps=200)
   return c
 
 
