@@ -33,3 +33,16 @@ def subprocess_env(**extra) -> dict:
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
   env.update(extra)
   return env
+
+
+def randomize_batch_norms(torch, net, *, mean=0.5, var=(0.5, 2.0), bias=0.5):
+  """Non-trivial BN running statistics and affine parameters of a torch `net` (in place),
+  so that parity tests exercise the batch-norm conversion; returns `net`, mode unchanged."""
+  with torch.no_grad():
+    for m in net.modules():
+      if isinstance(m, torch.nn.BatchNorm2d):
+        m.running_mean.uniform_(-mean, mean)
+        m.running_var.uniform_(*var)
+        m.weight.uniform_(0.5, 1.5)
+        m.bias.uniform_(-bias, bias)
+  return net

@@ -11,6 +11,7 @@ from research.convert.torchvision import convert
 from research.models import densenet
 from research.train.classification import classification_loss
 from research.train.state import param_count
+from tests.conftest import randomize_batch_norms
 
 
 def _params(model, size):
@@ -90,15 +91,7 @@ def test_wrong_images_name_expected_and_received_shape(variant, size, fragment):
 
 
 def _randomize_batch_norms(torch, net):
-  """Non-trivial BN statistics and affine parameters, so parity tests see them."""
-  with torch.no_grad():
-    for m in net.modules():
-      if isinstance(m, torch.nn.BatchNorm2d):
-        m.running_mean.uniform_(-0.5, 0.5)
-        m.running_var.uniform_(0.5, 2.0)
-        m.weight.uniform_(0.5, 1.5)
-        m.bias.uniform_(-0.5, 0.5)
-  return net.eval()
+  return randomize_batch_norms(torch, net).eval()
 
 
 def _assert_logits_equal(torch, model, variables, net, shape):

@@ -12,6 +12,7 @@ import pytest
 from research.convert.torchvision import convert
 from research.models import googlenet
 from research.train.state import param_count
+from tests.conftest import randomize_batch_norms
 
 
 def _abstract(model, shape=(1, 224, 224, 3), train=False):
@@ -114,14 +115,7 @@ def test_ceil_mode_max_pool_equals_torch_for_every_size():
 
 
 def _randomize_batch_norms(torch, net):
-  with torch.no_grad():
-    for m in net.modules():
-      if isinstance(m, torch.nn.BatchNorm2d):
-        m.running_mean.uniform_(-0.5, 0.5)
-        m.running_var.uniform_(0.5, 2.0)
-        m.weight.uniform_(0.5, 1.5)
-        m.bias.uniform_(-0.5, 0.5)
-  return net
+  return randomize_batch_norms(torch, net)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import pytest
 from research.convert import torchvision as tv
 from research.models import resnet
 from research.train.state import param_count
+from tests.conftest import randomize_batch_norms
 
 # torchvision's counts for 1000 classes.
 COUNTS = {
@@ -78,15 +79,7 @@ def test_stages_are_named_with_their_shapes():
 
 
 def _randomize_batch_norms(torch, net):
-  """Non-trivial BN statistics and affines, so that parity tests every BN."""
-  with torch.no_grad():
-    for m in net.modules():
-      if isinstance(m, torch.nn.BatchNorm2d):
-        m.running_mean.uniform_(-0.1, 0.1)
-        m.running_var.uniform_(0.5, 1.5)
-        m.weight.uniform_(0.5, 1.5)
-        m.bias.uniform_(-0.1, 0.1)
-  return net.eval()
+  return randomize_batch_norms(torch, net, mean=0.1, var=(0.5, 1.5), bias=0.1).eval()
 
 
 def _assert_parity(torch, net, model, shape):

@@ -11,6 +11,7 @@ import pytest
 
 from research import models
 from research.convert import torchvision as tv
+from tests.conftest import randomize_batch_norms
 
 # Flax variant -> (torchvision constructor, input height, width).
 VARIANTS = {
@@ -31,14 +32,7 @@ VARIANTS = {
 
 
 def _randomize_batch_norms(torch, net):
-  """Non-trivial running statistics and affine parameters, so BN conversion is tested."""
-  with torch.no_grad():
-    for m in net.modules():
-      if isinstance(m, torch.nn.BatchNorm2d):
-        m.running_mean.uniform_(-0.5, 0.5)
-        m.running_var.uniform_(0.5, 1.5)
-        m.weight.uniform_(0.5, 1.5)
-        m.bias.uniform_(-0.5, 0.5)
+  return randomize_batch_norms(torch, net, var=(0.5, 1.5))
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
