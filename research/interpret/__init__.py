@@ -1,0 +1,1 @@
+"""Opening the network: deconvnet, occlusion, class models and saliency."""
