@@ -1,7 +1,9 @@
 """Data sets by name: the offline builders of this package and real TFDS data sets.
 
 `data_source(name, split)` returns a random-access source (len, __getitem__)
-of dicts {"image": uint8 [H, W, C], "label": int}. Offline data sets are
+of dicts {"image": uint8 [H, W, C], "label": int}; digit_scenes/single adds
+"box" and "mask", and digit_scenes/multi has "labels", "boxes" and masks in
+place of "label" (research.data.digit_scenes lists them). Offline data sets are
 prepared on first use; real ones must have been prepared by the user in the
 array_record format, and an unprepared one raises an error that says how.
 """
@@ -24,6 +26,7 @@ class DatasetSpec:
 
   image_shape: (H, W, C) of the stored images, H and W None when they vary.
   builder: "module.Class" of an offline builder of this package, else None.
+  config: the builder config of that builder, e.g. "single", else None.
   """
 
   name: str
@@ -32,6 +35,7 @@ class DatasetSpec:
   train_split: str = "train"
   test_split: str = "test"
   builder: str | None = None
+  config: str | None = None
 
 
 DATASETS = {
@@ -39,6 +43,20 @@ DATASETS = {
   for spec in (
     DatasetSpec("mnist5k", (28, 28, 1), 10, builder="research.data.mnist5k.Mnist5k"),
     DatasetSpec("digits", (8, 8, 1), 10, builder="research.data.digits.Digits"),
+    DatasetSpec(
+      "digit_scenes/single",
+      (64, 64, 1),
+      10,
+      builder="research.data.digit_scenes.DigitScenes",
+      config="single",
+    ),
+    DatasetSpec(
+      "digit_scenes/multi",
+      (128, 128, 1),
+      10,
+      builder="research.data.digit_scenes.DigitScenes",
+      config="multi",
+    ),
     DatasetSpec("mnist", (28, 28, 1), 10),
     DatasetSpec("cifar10", (32, 32, 3), 10),
     DatasetSpec("imagenet2012", (None, None, 3), 1000, test_split="validation"),
@@ -57,7 +75,7 @@ def get_spec(name: str) -> DatasetSpec:
 def _prepare_lock(data_dir: str, name: str):
   # Two processes of one multi-host run may both find the data set unprepared.
   os.makedirs(data_dir, exist_ok=True)
-  with open(os.path.join(data_dir, f".{name}.lock"), "w") as f:
+  with open(os.path.join(data_dir, f".{name.replace('/', '_')}.lock"), "w") as f:
     fcntl.flock(f, fcntl.LOCK_EX)
     try:
       yield
@@ -68,10 +86,11 @@ def _prepare_lock(data_dir: str, name: str):
 def _offline_builder(spec: DatasetSpec, data_dir: str) -> tfds.core.DatasetBuilder:
   module, cls = spec.builder.rsplit(".", 1)
   builder_cls = getattr(importlib.import_module(module), cls)
-  builder = builder_cls(data_dir=data_dir, file_format="array_record")
+  make = lambda: builder_cls(data_dir=data_dir, config=spec.config, file_format="array_record")
+  builder = make()
   if not builder.is_prepared():
     with _prepare_lock(data_dir, spec.name):
-      builder = builder_cls(data_dir=data_dir, file_format="array_record")
+      builder = make()
       if not builder.is_prepared():
         builder.download_and_prepare()
   return builder
@@ -90,7 +109,7 @@ def _prepared_builder(spec: DatasetSpec, data_dir: str) -> tfds.core.DatasetBuil
 
 
 def data_source(name: str, split: str, *, data_dir: str | None = None):
-  """A random-access source of {"image": uint8 [H, W, C], "label": int} records.
+  """A random-access source of {"image": uint8 [H, W, C], "label": int, ...} records.
 
   Args:
     name: a key of DATASETS.

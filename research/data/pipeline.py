@@ -103,5 +103,11 @@ def eval_batches(
     if record_transform is not None:
       records = [record_transform(r) for r in records]
     out = transform({k: np.stack([r[k] for r in records]) for k in records[0]})
+    if "mask" in out:
+      # Records may carry a pixel "mask" (digit_scenes); overwriting it would go unnoticed.
+      raise ValueError(
+        "transform: its output has a 'mask' key, but eval_batches puts the [B] validity mask "
+        "there; drop or rename the records' 'mask' in the transform."
+      )
     out["mask"] = np.arange(start, start + batch) < len(ds)
     yield out
