@@ -59,19 +59,26 @@ def is_relu(eqn: core.JaxprEqn) -> bool:
 
 
 def evaluate(
-  closed: core.ClosedJaxpr, args: list, rule: Callable[[core.JaxprEqn, list], list | None]
+  closed: core.ClosedJaxpr,
+  args: list,
+  rule: Callable[[core.JaxprEqn, list], list | None],
+  consts: list | None = None,
 ) -> list:
   """Evaluates `closed` on `args`, asking `rule(eqn, invals)` first at every equation.
 
   `rule` returns the outputs to use, or None to evaluate the equation as it is
   (entering call-like bodies, so that rules reach inside jitted helpers).
+  `consts` replace the program's constants (e.g. parameters passed into a jit
+  as arguments rather than baked in as literals).
   """
   env: dict[Any, Any] = {}
 
   def read(v):
     return v.val if isinstance(v, core.Literal) else env[v]
 
-  for var, val in zip(closed.jaxpr.constvars, closed.consts, strict=True):
+  for var, val in zip(
+    closed.jaxpr.constvars, closed.consts if consts is None else consts, strict=True
+  ):
     env[var] = val
   for var, val in zip(closed.jaxpr.invars, args, strict=True):
     env[var] = val
@@ -84,6 +91,11 @@ def evaluate(
     for var, val in zip(eqn.outvars, outvals, strict=True):
       env[var] = val
   return [read(v) for v in closed.jaxpr.outvars]
+
+
+def run(closed: core.ClosedJaxpr, args: list, consts: list | None = None) -> list:
+  """Evaluates `closed` as it is (with `consts` in place of its constants when given)."""
+  return evaluate(closed, args, lambda eqn, invals: None, consts)
 
 
 def layer_names(model, variables, image_shape: tuple[int, ...]) -> list[str]:
