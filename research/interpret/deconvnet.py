@@ -99,13 +99,18 @@ def project_units(model, variables, images, *, layer, channels, positions):
   return jax.vmap(one)(images, channels, positions)
 
 
+@functools.partial(jax.jit, static_argnames=("model", "layer"))
+def _activations(model, variables, images, *, layer):
+  return model.apply(variables, images)[1][layer]
+
+
 def strongest_units(model, variables, images, *, layer):
   """Activation maps of `layer` and, per image and channel, the strongest unit.
 
   images: [N, H, W, C]. Returns (values [N, F], positions [N, F, 2]) over the F
   channels; a dense layer's units have position (0, 0).
   """
-  acts = jax.jit(lambda x: model.apply(variables, x)[1][layer])(images)
+  acts = _activations(model, variables, images, layer=layer)
   if acts.ndim == 2:
     return acts, jnp.zeros((*acts.shape, 2), jnp.int32)
   n, h, w, f = acts.shape

@@ -2,12 +2,16 @@
 
 A run writes into its workdir: config.json, metrics.jsonl, tensorboard/,
 checkpoints/ (state and input-iterator position), figures/*.png and
-results.json. Started again with the same workdir, it resumes from the last
+results.json. A config's `analysis` ("module.function") is called on the
+trained model after the last evaluation, as
+`analysis(model, variables, config, workdir, transform) -> dict`, and its
+numbers join results.json. Started again with the same workdir, it resumes from the last
 good checkpoint and ends with the same parameters as a run never stopped.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -54,6 +58,25 @@ def check_steps(config: ConfigDict) -> None:
       f"eval_every_steps: expected 0 (evaluate at the end only) or a positive integer; "
       f"received {config.eval_every_steps!r}."
     )
+
+
+def resolve_analysis(name: str):
+  """ "package.module.function" -> that function; ValueError saying what was wrong otherwise."""
+  module_name, _, fn_name = name.rpartition(".")
+  try:
+    module = importlib.import_module(module_name) if module_name else None
+  except ImportError as e:
+    module = None
+    reason = str(e)
+  else:
+    reason = f"{module_name!r} has no function {fn_name!r}"
+  fn = getattr(module, fn_name, None) if module is not None else None
+  if not callable(fn):
+    raise ValueError(
+      f"analysis: expected 'package.module.function' naming a function, received {name!r} "
+      f"({reason if module_name else 'no module part'})."
+    )
+  return fn
 
 
 def _first_nonfinite(pending: list) -> tuple[int, float] | None:
@@ -228,6 +251,14 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     "steps": config.total_steps,
     "resumed_from_step": first_step,
   }
+  if config.get("analysis"):
+    # What the experiment studies in the trained model (occlusion, deconvnet, ...).
+    analyze = resolve_analysis(config.analysis)
+    variables = {"params": params}
+    if state.batch_stats:
+      variables["batch_stats"] = parallel.single(state.batch_stats)
+    results.update(analyze(model, variables, config, workdir, transform))
+    results["wall_seconds"] = time.time() - start
   if is_main:
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(results, f, indent=2)
