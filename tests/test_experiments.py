@@ -8,7 +8,7 @@ import pytest
 
 from research import models
 from research.data import datasets
-from research.train import classification, optimizers
+from research.train import classification, loop, optimizers
 from tests.conftest import ROOT
 
 MODULES = sorted(
@@ -33,6 +33,8 @@ def test_variants_resolve(name, arg):
   classification.resolve_loss(config.loss)
   optimizers.make_optimizer(config.optimizer, config.total_steps)
   assert config.total_steps >= config.checkpoint_every_steps >= 1
+  if config.get("analysis"):
+    assert callable(loop.resolve_analysis(config.analysis))
   assert module.__doc__ and "python -m research.main --config=experiments/" in module.__doc__
 
 
