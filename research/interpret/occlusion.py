@@ -13,6 +13,7 @@ occluded images under `vmap`; both give the same maps.
 
 from __future__ import annotations
 
+import collections
 import functools
 from collections.abc import Callable
 
@@ -45,21 +46,40 @@ def positions(image_size, patch, stride) -> tuple[np.ndarray, np.ndarray]:
   return np.arange(0, h - ph + 1, sh), np.arange(0, w - pw + 1, sw)
 
 
-def _outputs(model_fn, layer, channel):
-  """images [N, H, W, C] -> (logits [N, K], activation [N]) of one feature map."""
+def _outputs(model_fn, layer):
+  """images [N, H, W, C] -> (logits [N, K], total activation per feature map [N, F])."""
 
   def fn(images):
     logits, out = model_fn(images)
     if layer is None:
-      return logits, jnp.zeros(logits.shape[:1], logits.dtype)
+      return logits, jnp.zeros((logits.shape[0], 1), logits.dtype)
     act = out[layer]
-    return logits, act.reshape(act.shape[0], -1, act.shape[-1])[..., channel].sum(axis=1)
+    return logits, act.reshape(act.shape[0], -1, act.shape[-1]).sum(axis=1)
 
   return fn
 
 
+# Traced programs by (model_fn, image shape and dtype, layer): maps of many images of one
+# model then share one program, and so one compilation of each chunk function.
+_PROGRAMS: collections.OrderedDict = collections.OrderedDict()
+
+
+def _program(model_fn, image, layer):
+  key = (model_fn, image.shape, str(image.dtype), layer)
+  if key not in _PROGRAMS:
+    _PROGRAMS[key] = graph.trace(_outputs(model_fn, layer), image[None])
+    while len(_PROGRAMS) > 8:
+      _PROGRAMS.popitem(last=False)
+  return _PROGRAMS[key]
+
+
+@functools.partial(jax.jit, static_argnames=("closed",))
+def _clean(closed, consts, image):
+  return graph.run(closed, [image[None]], consts)
+
+
 @functools.partial(jax.jit, static_argnames=("closed", "patch", "use_incremental"))
-def _chunk(closed, consts, image, origin, fill, label, *, patch, use_incremental):
+def _chunk(closed, consts, image, origin, fill, label, channel, *, patch, use_incremental):
   dirty = jnp.full((origin.shape[0], *patch, image.shape[-1]), fill, image.dtype)
   if use_incremental:
     logits, act = incremental.occluded(closed, consts, image, dirty, origin)
@@ -71,7 +91,7 @@ def _chunk(closed, consts, image, origin, fill, label, *, patch, use_incremental
     images = jax.vmap(occlude)(origin)
     logits, act = jax.vmap(lambda x: [v[0] for v in graph.run(closed, [x[None]], consts)])(images)
   probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-  return probs[:, label], jnp.argmax(probs, axis=-1), jnp.max(probs, axis=-1), act
+  return probs[:, label], jnp.argmax(probs, axis=-1), jnp.max(probs, axis=-1), act[:, channel]
 
 
 def occlusion(
@@ -98,7 +118,8 @@ def occlusion(
     probability [Ph, Pw] (d), top_class [Ph, Pw] and top_probability [Ph, Pw]
     (e), activation [Ph, Pw] (b, when `layer` is given), rows [Ph] and cols
     [Pw] (the occluder's top-left corners), and scalars for the unoccluded
-    image: clean_probability, clean_activation, channel (the map used for b).
+    image: clean_probability, clean_activation, channel (the map used for b: the one
+    with the largest total activation on the unoccluded image).
   """
   check_image(image, fn="occlusion")
   image = jnp.asarray(image)
@@ -108,16 +129,13 @@ def occlusion(
     raise ValueError(f"chunk_size: expected a positive int, got {chunk_size}.")
   logits, out = jax.eval_shape(model_fn, jax.ShapeDtypeStruct((1, *image.shape), image.dtype))
   check_label(label, logits.shape[-1], fn="occlusion")
-  channel = 0
-  if layer is not None:
-    if layer not in out:
-      raise ValueError(f"layer: the model has no layer {layer!r}; expected one of {list(out)}.")
-    act = jax.jit(lambda x: model_fn(x)[1][layer])(image[None])
-    channel = int(jnp.argmax(act.reshape(-1, act.shape[-1]).max(axis=0)))
-  fn = _outputs(model_fn, layer, channel)
-  closed = graph.trace(fn, image[None])
+  if layer is not None and layer not in out:
+    raise ValueError(f"layer: the model has no layer {layer!r}; expected one of {list(out)}.")
+  closed = _program(model_fn, image, layer)
   consts = list(closed.consts)
-  clean_logits, clean_act = jax.jit(lambda c, x: graph.run(closed, [x[None]], c))(consts, image)
+  clean_logits, clean_act = _clean(closed, consts, image)
+  # (b) follows the feature map with the largest total activation on the clean image.
+  channel = int(jnp.argmax(clean_act[0]))
 
   grid = np.stack(np.meshgrid(rows, cols, indexing="ij"), -1).reshape(-1, 2)
   results = []
@@ -131,6 +149,7 @@ def occlusion(
       jnp.asarray(padded, jnp.int32),
       jnp.asarray(fill, image.dtype),
       jnp.asarray(label),
+      jnp.asarray(channel),
       patch=patch,
       use_incremental=use_incremental,
     )
@@ -149,7 +168,7 @@ def occlusion(
   }
   if layer is not None:
     maps["activation"] = act
-    maps["clean_activation"] = float(clean_act[0])
+    maps["clean_activation"] = float(clean_act[0, channel])
   return maps
 
 

@@ -82,7 +82,7 @@ def test_maps_follow_the_definition():
   np.testing.assert_array_equal(maps["rows"], [0, 10, 20, 30, 40])
   np.testing.assert_array_equal(maps["cols"], [0, 15, 30, 45])
   logits, out = model_fn(image[None])
-  channel = int(jnp.argmax(out["relu5"][0].max(axis=(0, 1))))
+  channel = int(jnp.argmax(out["relu5"][0].sum(axis=(0, 1))))
   assert maps["channel"] == channel
   for i, r in enumerate(maps["rows"]):
     for j, c in enumerate(maps["cols"]):
