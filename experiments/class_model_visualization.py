@@ -22,7 +22,11 @@ Here the ZFNet-style network of `_interpret.zfnet_on_scenes` is trained on
   (research.interpret.saliency.saliency_box) has IoU >= 0.5 with the digit's box.
 figures/class_models.png and figures/saliency.png.
 
-Ours, `:runlocal`: see the table in README.md (measured by this command).
+Ours, `:runlocal` (900 steps, 91.2% test accuracy): class_model_confidence
+1.000 (300 steps of rate 1.0, lambda 0.01); pointing_game 0.712 (target not
+met: the gradient is spread over the scenes' noise), 0.926 with the 4 px
+tolerance; saliency_box_iou50 0.122 (mean IoU 0.26); 188 s on two idle CPU
+cores.
 """
 
 from __future__ import annotations

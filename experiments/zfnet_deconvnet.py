@@ -18,7 +18,9 @@ falls inside the unit's receptive field, computed from the layers' strides
 and paddings (research.interpret.receptive_field), independently of the
 projection: must be 1.0 up to float error.
 
-Ours, `:runlocal`: see the table in README.md (measured by this command).
+Ours, `:runlocal` (900 steps, 91.2% test accuracy): deconvnet_inside_energy
+0.9999998 over 360 projections; 166 s on two idle CPU cores (13 s of it the
+mining and projections).
 """
 
 from __future__ import annotations

@@ -20,7 +20,12 @@ divided by that in layer 7 (relu7), over images and amounts; above 1 means
 the top layer changed less, as the paper says. figures/invariance.png has the
 curves of relu1, relu3, relu5, relu7 and the true-class probability.
 
-Ours, `:runlocal`: see the table in README.md (measured by this command).
+Ours, `:runlocal` (900 steps, 91.2% test accuracy): invariance_ratio
+translation 2.94, scale 1.60, rotation 1.10 (the top layer changes much less
+than layer 1 under translation and scaling, barely less under rotation, as
+in the paper); the smallest
+mean true-class probability 0.80 under translation, 0.63 under scaling, 0.01
+at 60 degrees of rotation; 162 s on two idle CPU cores.
 """
 
 from __future__ import annotations
