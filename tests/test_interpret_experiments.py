@@ -25,6 +25,7 @@ def trained(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("zfnet_occlusion"))
   c = zfnet_occlusion.get_config("runlocal")
   c.total_steps = 30
+  c.optimizer.warmup_steps = 5
   c.checkpoint_every_steps = 30
   c.log_every_steps = 10
   c.analysis_images = 12
