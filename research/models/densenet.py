@@ -46,6 +46,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from research.models.inputs import check_images
+from research.models.layers import Conv
 
 # torchvision's init for DenseNet convs: kaiming_normal_ (fan-in, ReLU gain).
 _he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
@@ -149,7 +150,7 @@ class DenseNet(nn.Module):
     norm = functools.partial(
       nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype
     )
-    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=_he_normal, dtype=self.dtype)
+    conv = functools.partial(Conv, use_bias=False, kernel_init=_he_normal, dtype=self.dtype)
     out = {}
     x = x.astype(self.dtype)
     if self.stem == "imagenet":

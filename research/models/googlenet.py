@@ -43,6 +43,7 @@ import optax
 from jax import lax
 
 from research.models.inputs import check_images
+from research.models.layers import Conv
 from research.ops.pooling import adaptive_avg_pool
 
 # torchvision's init for GoogLeNet: trunc_normal_(std=0.01, a=-2, b=2), i.e. truncated at
@@ -114,7 +115,7 @@ class _BasicConv2d(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool):
     k = self.kernel_size
-    x = nn.Conv(
+    x = Conv(
       self.features,
       (k, k),
       strides=self.strides,

@@ -60,6 +60,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from research.models.inputs import check_images
+from research.models.layers import Conv
 from research.ops.pooling import adaptive_avg_pool
 
 # torchvision's and the WRN authors' init: He normal over fan-out.
@@ -75,7 +76,7 @@ def _norm(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
 
 def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn.Conv:
   # Explicit symmetric padding k // 2, as torch: "SAME" pads asymmetrically at stride 2.
-  return nn.Conv(
+  return Conv(
     features,
     (kernel, kernel),
     strides=(stride, stride),
