@@ -1,4 +1,4 @@
-"""Occlusion maps: incremental inference equals whole-image inference on every family,
+"""Occlusion maps: incremental inference equals whole-image inference on six model families,
 the maps equal Captum's Occlusion, and bad input fails clearly."""
 
 from __future__ import annotations
