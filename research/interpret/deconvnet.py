@@ -110,7 +110,11 @@ def strongest_units(model, variables, images, *, layer):
   images: [N, H, W, C]. Returns (values [N, F], positions [N, F, 2]) over the F
   channels; a dense layer's units have position (0, 0).
   """
-  acts = _activations(model, variables, images, layer=layer)
+  try:
+    acts = _activations(model, variables, images, layer=layer)
+  except KeyError:  # Traced only when compiling; name the valid layers then.
+    graph.check_layer(model, variables, tuple(images.shape[1:]), layer)
+    raise
   if acts.ndim == 2:
     return acts, jnp.zeros((*acts.shape, 2), jnp.int32)
   n, h, w, f = acts.shape
@@ -126,7 +130,6 @@ def project(model, variables, image, *, layer: str, channel: int) -> jax.Array:
   dict (e.g. "relu3", "pool5"); channel: the feature map. Returns [H, W, C].
   """
   check_image(image)
-  graph.check_layer(model, variables, image.shape, layer)
   values, positions = strongest_units(model, variables, image[None], layer=layer)
   _check_channel(channel, values.shape[-1])
   return project_units(
@@ -160,7 +163,6 @@ def top_activations(
   image_shape = tuple(images[0:1].shape[1:])
   if len(image_shape) != 3:
     raise ValueError(f"images: expected [N, H, W, C], got shape {images[0:1].shape}.")
-  graph.check_layer(model, variables, image_shape, layer)
   channels = np.asarray(channels, np.int64).reshape(-1)
   if k < 1 or k > n:
     raise ValueError(f"k: expected 1 <= k <= the number of images ({n}), got {k}.")

@@ -60,14 +60,18 @@ def _outputs(model_fn, layer):
 
 
 # Traced programs by (model_fn, image shape and dtype, layer): maps of many images of one
-# model then share one program, and so one compilation of each chunk function.
+# model then share one trace and one compilation of each chunk function.
 _PROGRAMS: collections.OrderedDict = collections.OrderedDict()
 
 
 def _program(model_fn, image, layer):
+  """(traced program of `_outputs`, number of classes), checking `layer` on first use."""
   key = (model_fn, image.shape, str(image.dtype), layer)
   if key not in _PROGRAMS:
-    _PROGRAMS[key] = graph.trace(_outputs(model_fn, layer), image[None])
+    logits, out = jax.eval_shape(model_fn, jax.ShapeDtypeStruct((1, *image.shape), image.dtype))
+    if layer is not None and layer not in out:
+      raise ValueError(f"layer: the model has no layer {layer!r}; expected one of {list(out)}.")
+    _PROGRAMS[key] = graph.trace(_outputs(model_fn, layer), image[None]), logits.shape[-1]
     while len(_PROGRAMS) > 8:
       _PROGRAMS.popitem(last=False)
   return _PROGRAMS[key]
@@ -127,11 +131,8 @@ def occlusion(
   patch = _pair(patch, "patch")
   if chunk_size < 1:
     raise ValueError(f"chunk_size: expected a positive int, got {chunk_size}.")
-  logits, out = jax.eval_shape(model_fn, jax.ShapeDtypeStruct((1, *image.shape), image.dtype))
-  check_label(label, logits.shape[-1], fn="occlusion")
-  if layer is not None and layer not in out:
-    raise ValueError(f"layer: the model has no layer {layer!r}; expected one of {list(out)}.")
-  closed = _program(model_fn, image, layer)
+  closed, num_classes = _program(model_fn, image, layer)
+  check_label(label, num_classes, fn="occlusion")
   consts = list(closed.consts)
   clean_logits, clean_act = _clean(closed, consts, image)
   # (b) follows the feature map with the largest total activation on the clean image.
