@@ -3,7 +3,9 @@
 `data_source(name, split)` returns a random-access source (len, __getitem__)
 of dicts {"image": uint8 [H, W, C], "label": int}; digit_scenes/single adds
 "box" and "mask", and digit_scenes/multi has "labels", "boxes" and masks in
-place of "label" (research.data.digit_scenes lists them). Offline data sets are
+place of "label" (research.data.digit_scenes lists them), as do the detection
+data sets voc/2007, voc/2012 and coco/2017 ("objects"; research.data.detection
+turns them all into one schema). Offline data sets are
 prepared on first use; real ones must have been prepared by the user in the
 array_record format, and an unprepared one raises an error that says how.
 """
@@ -60,6 +62,11 @@ DATASETS = {
     DatasetSpec("mnist", (28, 28, 1), 10),
     DatasetSpec("cifar10", (32, 32, 3), 10),
     DatasetSpec("imagenet2012", (None, None, 3), 1000, test_split="validation"),
+    # Detection (research.data.detection adapts their records). VOC 2007's papers train on
+    # trainval and test on test; VOC 2012's test split has no annotations in TFDS.
+    DatasetSpec("voc/2007", (None, None, 3), 20, train_split="train+validation"),
+    DatasetSpec("voc/2012", (None, None, 3), 20, test_split="validation"),
+    DatasetSpec("coco/2017", (None, None, 3), 80, test_split="validation"),
   )
 }
 
@@ -96,16 +103,33 @@ def _offline_builder(spec: DatasetSpec, data_dir: str) -> tfds.core.DatasetBuild
   return builder
 
 
+def _prepared_version_dir(spec: DatasetSpec, data_dir: str) -> str | None:
+  """The newest data_dir/NAME[/CONFIG]/VERSION directory that holds a prepared data set."""
+  root = os.path.join(data_dir, *spec.name.split("/"))
+  if not os.path.isdir(root):
+    return None
+  versions = [
+    v for v in os.listdir(root) if os.path.isfile(os.path.join(root, v, "dataset_info.json"))
+  ]
+  if not versions:
+    return None
+  newest = max(versions, key=lambda v: tuple(int(p) if p.isdigit() else -1 for p in v.split(".")))
+  return os.path.join(root, newest)
+
+
 def _prepared_builder(spec: DatasetSpec, data_dir: str) -> tfds.core.DatasetBuilder:
-  builder = tfds.builder(spec.name, data_dir=data_dir)
-  if not builder.is_prepared():
+  # Read from the prepared files' own metadata, not the data set's builder code: some
+  # builders (coco) import TensorFlow just to declare their features.
+  directory = _prepared_version_dir(spec, data_dir)
+  if directory is None:
     raise FileNotFoundError(
       f"dataset: {spec.name!r} is not prepared in data_dir={data_dir!r} (looked in "
-      f"{builder.data_dir}). Prepare it once, where it can be downloaded, in the array_record "
-      f"format: `tfds build {spec.name} --data_dir={data_dir} --file_format=array_record` "
+      f"{os.path.join(data_dir, *spec.name.split('/'))}). Prepare it once, where it can be "
+      "downloaded, in the array_record format: "
+      f"`tfds build {spec.name} --data_dir={data_dir} --file_format=array_record` "
       "(needs tensorflow), or point --config.data_dir at a directory that has it."
     )
-  return builder
+  return tfds.builder_from_directory(directory)
 
 
 def data_source(name: str, split: str, *, data_dir: str | None = None):
