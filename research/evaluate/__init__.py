@@ -1,1 +1,1 @@
-"""Evaluation: classification accuracy; later VOC/COCO AP and segmentation mean IU."""
+"""Evaluation: classification accuracy; VOC/COCO AP (detection.py) and segmentation mean IU."""
