@@ -1,1 +1,1 @@
-"""Evaluation: classification accuracy; VOC/COCO AP (detection.py) and segmentation mean IU."""
+"""Evaluation: classification accuracy, detection AP (VOC and COCO); later segmentation mean IU."""
