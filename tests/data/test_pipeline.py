@@ -168,3 +168,17 @@ def test_random_flip_mirrors_about_half_the_images_reproducibly():
   flipped = (a["image"] != image).any((1, 2, 3))
   np.testing.assert_array_equal(a["image"][flipped], image[flipped][:, :, ::-1])
   assert 20 <= flipped.sum() <= 44
+
+
+def test_gaussian_noise_has_the_asked_spread_and_is_reproducible():
+  image = np.full((8, 16, 16, 1), 2.0, np.float32)
+  noisy = lambda: transforms.GaussianNoise(0.5)(
+    {"image": image, "label": np.arange(8)}, [np.random.default_rng((3, i)) for i in range(8)]
+  )
+  a, b = noisy(), noisy()
+  np.testing.assert_array_equal(a["image"], b["image"])
+  np.testing.assert_array_equal(a["label"], np.arange(8))
+  noise = a["image"] - image
+  assert a["image"].dtype == np.float32 and abs(noise.mean()) < 0.05
+  assert 0.47 < noise.std() < 0.53
+  assert not np.allclose(noise[0], noise[1])  # each image its own noise
