@@ -117,7 +117,7 @@ def test_train_and_test_scenes_use_disjoint_digits(sources, mnist):
 
 def test_multi_counts_padding_boxes_and_masks(sources):
   source = sources["multi", "test"]
-  assert (len(sources["multi", "train"]), len(source)) == (4000, 1000)
+  assert (len(sources["multi", "train"]), len(source)) == (4000, 500)
   records = _records(source, 300)
   assert set(records[0]) == MULTI_KEYS
   counts = np.array([r["num_objects"] for r in records])
