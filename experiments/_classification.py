@@ -82,6 +82,7 @@ def base() -> ConfigDict:
   c.input.scale_range = (256, 256)  # scale_jitter's [S_min, S_max]
   c.input.pca_lighting = 0.0
   c.input.noise_std = 0.0  # Gaussian noise on the normalized training images
+  c.input.noise_probability = 1.0  # the share of training images noised
   c.seed = 0
   c.batch_size = 64
   c.eval_batch_size = 200

@@ -118,21 +118,27 @@ class RandomFlip:
 
 @dataclasses.dataclass(frozen=True)
 class GaussianNoise:
-  """Adds N(0, std^2) noise to every pixel of the (normalized) float image [B, H, W, C].
+  """Adds N(0, std^2) noise to every pixel of a share of the (normalized) images [B, H, W, C].
 
   Training with input noise is, to first order, Tikhonov regularization of the
   gradient of the output with respect to the input (Bishop 1995): the network
   learns not to respond to pixels that carry no evidence, which sharpens its
-  saliency maps (Smilkov et al. 2017, Sec. 4.2).
+  saliency maps (Smilkov et al. 2017, Sec. 4.2). Each image is noised with
+  `probability`; the clean rest keep batch-norm statistics close to those of
+  the clean test images.
   """
 
   std: float
+  probability: float = 1.0
 
   def __call__(self, batch: dict, rngs: list[np.random.Generator]) -> dict:
     """rngs: one Generator per image of the batch."""
     image = batch["image"]
-    noise = np.stack([rng.standard_normal(image.shape[1:], np.float32) for rng in rngs])
-    return {**batch, "image": image + np.float32(self.std) * noise}
+    noise = []
+    for rng in rngs:
+      hit = rng.random() < self.probability
+      noise.append(rng.standard_normal(image.shape[1:], np.float32) * np.float32(hit))
+    return {**batch, "image": image + np.float32(self.std) * np.stack(noise)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -109,7 +109,7 @@ def _input_fns(config: ConfigDict, num_classes: int):
   if c.get("pca_lighting", 0.0):
     randoms.append(crops.PCALighting(c.pca_lighting, std=tuple(c.get("std") or (1.0,) * 3)))
   if c.get("noise_std", 0.0):
-    randoms.append(transforms.GaussianNoise(c.noise_std))
+    randoms.append(transforms.GaussianNoise(c.noise_std, c.get("noise_probability", 1.0)))
   random_transform = transforms.Chain(tuple(randoms)) if randoms else None
   train_crop, eval_crop = _crops(c)
   return transform, random_transform, train_crop, eval_crop

@@ -182,3 +182,13 @@ def test_gaussian_noise_has_the_asked_spread_and_is_reproducible():
   assert a["image"].dtype == np.float32 and abs(noise.mean()) < 0.05
   assert 0.47 < noise.std() < 0.53
   assert not np.allclose(noise[0], noise[1])  # each image its own noise
+
+
+def test_gaussian_noise_probability_leaves_the_other_images_clean():
+  image = np.zeros((64, 4, 4, 1), np.float32)
+  out = transforms.GaussianNoise(1.0, probability=0.5)(
+    {"image": image}, [np.random.default_rng((5, i)) for i in range(64)]
+  )["image"]
+  noised = (out != 0).any((1, 2, 3))
+  assert 20 <= noised.sum() <= 44
+  assert (out[noised] != 0).all()  # a noised image has noise in every pixel
