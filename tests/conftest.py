@@ -46,3 +46,15 @@ def randomize_batch_norms(torch, net, *, mean=0.5, var=(0.5, 2.0), bias=0.5):
         m.weight.uniform_(0.5, 1.5)
         m.bias.uniform_(-bias, bias)
   return net
+
+
+def multi_test_scenes(count: int) -> list[dict]:
+  """The first `count` digit_scenes/multi test scenes as the builder stores them, generated
+  directly (no TFDS preparation)."""
+  import itertools  # pylint: disable=import-outside-toplevel
+
+  from research.data import digit_scenes  # pylint: disable=import-outside-toplevel
+
+  images, labels, pools = digit_scenes.load_mnist5k()
+  gen = digit_scenes.generate(digit_scenes.CONFIGS["multi"], "test", images, labels, pools["test"])
+  return [record for _, record in itertools.islice(gen, count)]

@@ -1,6 +1,5 @@
 """A COCO-format data set written from digit_scenes/multi test scenes reads back as the scenes."""
 
-import itertools
 import json
 
 import numpy as np
@@ -8,7 +7,8 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from research.data import coco_format, detection, digit_scenes
+from research.data import coco_format, detection
+from tests.conftest import multi_test_scenes
 
 # Category ids with gaps, as COCO's, and not in order in the file: digit d has id 3 d + 1.
 CATEGORIES = [{"id": 3 * d + 1, "name": f"digit {d}"} for d in (9, 4, 0, 1, 2, 3, 5, 6, 7, 8)]
@@ -18,10 +18,7 @@ RECTANGLE = [3.0, 2.0, 8.0, 2.0, 8.0, 5.0, 3.0, 5.0]  # a polygon covering rows 
 @pytest.fixture(scope="module")
 def scenes():
   """The first 4 digit_scenes/multi test scenes, as the builder stores them."""
-  images, labels, pools = digit_scenes.load_mnist5k()
-  config = digit_scenes.CONFIGS["multi"]
-  gen = digit_scenes.generate(config, "test", images, labels, pools["test"])
-  return [record for _, record in itertools.islice(gen, 4)]
+  return multi_test_scenes(4)
 
 
 def _uncompressed_rle(mask):

@@ -8,7 +8,6 @@ features and decoding of a user's prepared voc/2007 or coco/2017.
 """
 
 import io
-import itertools
 import types
 
 import numpy as np
@@ -18,15 +17,13 @@ from PIL import Image
 from tensorflow_datasets.object_detection import coco, voc
 
 from research.data import datasets, detection, digit_scenes, pipeline
+from tests.conftest import multi_test_scenes
 
 
 @pytest.fixture(scope="module")
 def scenes():
   """The first 8 digit_scenes/multi test scenes, as the builder stores them."""
-  images, labels, pools = digit_scenes.load_mnist5k()
-  config = digit_scenes.CONFIGS["multi"]
-  gen = digit_scenes.generate(config, "test", images, labels, pools["test"])
-  return [record for _, record in itertools.islice(gen, 8)]
+  return multi_test_scenes(8)
 
 
 def _objects(scene):
