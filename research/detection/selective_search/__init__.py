@@ -44,6 +44,7 @@ import hashlib
 import multiprocessing
 import numbers
 import os
+import signal
 from typing import NamedTuple
 
 import numpy as np
@@ -130,6 +131,12 @@ def _shutdown_pool():
     _pool = None
 
 
+def _ignore_interrupts():
+  # Ctrl-C (or a Jupyter kernel's shutdown) reaches the whole process group; the parent
+  # handles it and shuts the pool down, the workers need not print tracebacks.
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _executor(workers: int) -> concurrent.futures.ProcessPoolExecutor:
   """The process pool, kept between calls: starting workers costs about half a second."""
   global _pool, _pool_workers
@@ -138,7 +145,8 @@ def _executor(workers: int) -> concurrent.futures.ProcessPoolExecutor:
     # forkserver, not fork: forking a process whose other threads (jax's, grain's) hold
     # locks can deadlock the child.
     context = multiprocessing.get_context("forkserver")
-    _pool, _pool_workers = concurrent.futures.ProcessPoolExecutor(workers, context), workers
+    _pool = concurrent.futures.ProcessPoolExecutor(workers, context, initializer=_ignore_interrupts)
+    _pool_workers = workers
   return _pool
 
 
