@@ -22,11 +22,11 @@ Here the ZFNet-style network of `_interpret.zfnet_on_scenes` is trained on
   (research.interpret.saliency.saliency_box) has IoU >= 0.5 with the digit's box.
 figures/class_models.png and figures/saliency.png.
 
-Ours, `:runlocal` (900 steps, 91.2% test accuracy): class_model_confidence
-1.000 (300 steps of rate 1.0, lambda 0.01); pointing_game 0.712 (target not
-met: the gradient is spread over the scenes' noise), 0.926 with the 4 px
-tolerance; saliency_box_iou50 0.122 (mean IoU 0.26); 188 s on two idle CPU
-cores.
+Ours, `:runlocal` (900 steps, Gaussian noise on half the training images,
+90.9% test accuracy): class_model_confidence 1.000 (0.99987; 300 steps of rate
+1.0, lambda 0.01); pointing_game 0.854 (target 0.90 not met; 0.712 when
+trained without the noise), 0.982 with the 4 px tolerance; saliency_box_iou50
+0.320 (mean IoU 0.41); 217 s on two idle CPU cores.
 """
 
 from __future__ import annotations
@@ -51,6 +51,13 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c = _interpret.zfnet_on_scenes(
     "experiments.class_model_visualization.analyze", steps=900 if arg == "runlocal" else 3600
   )
+  # Gaussian noise (std 1 of the normalized pixels) on half the training images: to first
+  # order a penalty on the input gradient (Bishop 1995), which takes the saliency off
+  # pixels that carry no evidence. Measured at 900 steps: pointing_game 0.712 without,
+  # 0.78 with std 0.5 on all images (accuracy 81.9%), 0.854 with std 1 on half (90.9%),
+  # 0.834 on three quarters (87.3%), 0.842 with std 1.5 on half (80.3%).
+  c.input.noise_std = 1.0
+  c.input.noise_probability = 0.5
   c.class_model = ConfigDict({"l2": 0.01, "learning_rate": 1.0, "steps": 300})
   # tolerance: the pointing game of Zhang et al. (2016) counts a maximum within 15 px of
   # the object in 224 px images; 4 px is that share of these 64 px scenes.
