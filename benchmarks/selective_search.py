@@ -7,7 +7,8 @@
 Two sets of images, each run by both libraries in this process, one after the
 other on the same image:
   - scikit-image's photographs, resized so that the longer side is `size`
-    pixels: no ground truth, so seconds and box counts per image;
+    pixels: seconds and box counts per image, and recall and MABO against a
+    few objects boxed by eye (PHOTO_BOXES);
   - the first `scenes` digit_scenes/multi test scenes (128 x 128 greyscale,
     stacked to RGB): seconds per image, boxes per image, recall at IoU >= 0.5
     and MABO (mean best overlap over all digits) against the digits' boxes.
@@ -51,6 +52,31 @@ def photograph(name: str, size: int) -> np.ndarray:
     image[..., :3], (round(h * scale), round(w * scale)), anti_aliasing=True
   )
   return (out * 255).round().astype(np.uint8)
+
+
+# Objects of the photographs boxed by eye, (x1, y1, x2, y2) in the original pixels: a
+# rough ground truth, so that recall and MABO can be compared on real photographs too.
+PHOTO_BOXES = {
+  "astronaut": [
+    (155, 15, 300, 198),
+    (355, 0, 460, 290),
+    (285, 345, 505, 512),
+    (135, 345, 210, 420),
+  ],
+  "chelsea": [(135, 88, 205, 150), (290, 105, 345, 165), (245, 228, 292, 262)],
+  "coffee": [(125, 15, 405, 300), (320, 70, 420, 330), (50, 75, 525, 395)],
+  "rocket": [(315, 125, 350, 400), (0, 0, 90, 427), (185, 130, 212, 400), (440, 120, 470, 400)],
+}
+
+
+def photograph_boxes(name: str, size: int) -> np.ndarray | None:
+  """PHOTO_BOXES[name] scaled as `photograph` scales the image: [n, 4], or None."""
+  import skimage.data  # pylint: disable=import-outside-toplevel
+
+  if name not in PHOTO_BOXES:
+    return None
+  h, w = getattr(skimage.data, name)().shape[:2]
+  return np.asarray(PHOTO_BOXES[name], np.float32) * np.float32(size / max(h, w))
 
 
 def digit_scenes(count: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -116,6 +142,11 @@ def run_images(names, size, modes, workers, repeat) -> list[dict]:
           ours_boxes=len(ours),
         )
       )
+      gt = photograph_boxes(name, size)
+      if gt is not None:
+        for lib, proposals in (("opencv", theirs), ("ours", ours)):
+          rows[-1][f"{lib}_recall"] = ss.recall(proposals, gt)
+          rows[-1][f"{lib}_mabo"] = ss.mabo(proposals, gt)
       print_row(rows[-1])
   return rows
 

@@ -11,11 +11,11 @@ fc7, learning rate 0.01 divided by 10 three times when validation accuracy
 stopped improving (here at epochs 30, 50 and 65 of 74), random 224 crops of
 images whose shorter side is scaled to S in [256, 512], flips.
 Ours, full recipe: not run here (no ImageNet on this machine).
-Ours, `:runlocal` (VGG-16 with batch norm and 256-wide fc layers on mnist5k
-digits as 3-channel 32x32 images): 57.7% test accuracy in 412 s (120 steps of
-batch 32, 21.2M parameters): too slow and too short a run for VGG-16 on two
-cores; a smaller member of the family is the next thing to try, measured on two
-CPU cores shared with other jobs.
+Ours, `:runlocal` (VGG-16 with batch norm, configuration D at a quarter of its
+widths, 256-wide fc layers, on mnist5k digits as 3-channel 32x32 images):
+96.2% test accuracy in 153 s (400 steps of batch 64, 2.6M parameters) on two
+idle CPU cores. At full width it reached 57.7% in 412 s (120 steps of batch
+32, cores shared), too slow for the 3-minute budget.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 from ml_collections import ConfigDict
 
 from experiments import _classification as base
+from research.models import vgg
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
@@ -42,10 +43,17 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.optimizer.decay_factor = 0.1
   if arg == "runlocal":
     c.model = "vgg.VGG16_BN"  # from scratch in minutes, VGG-16 needs batch norm
-    c.model_kwargs = ConfigDict({"hidden": 256})
-    base.runlocal_digits(c, steps=120)
-    c.batch_size = 32
+    # Configuration D's 13 convs and 3 fc layers at a quarter of the widths: 1/16 of the
+    # FLOPs, so that its depth trains in minutes on a CPU (full width: 58% in 412 s).
+    quarter = tuple(v if v == "M" else v // 4 for v in vgg.CONFIGS["D"])
+    c.model_kwargs = ConfigDict({"hidden": 256, "cfg": quarter})
+    base.runlocal_digits(c, steps=400)
+    c.batch_size = 64
+    # The paper's three step decays squeezed into 400 steps cut the rate before the net
+    # has learnt (57% at 600 steps); a warm-up and cosine decay instead.
     c.optimizer.learning_rate = 0.02
+    c.optimizer.schedule = "warmup_cosine"
+    c.optimizer.warmup_steps = 30
   return c
 
 
