@@ -25,22 +25,28 @@ import numpy as np
 from PIL import Image
 
 
-def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
-  """uint8 [H, W, C] -> uint8 [height, width, C], bilinear with antialiasing."""
+def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+  """uint8 [H, W, C] -> uint8 [height, width, C], PIL's bilinear with antialiasing."""
   if image.shape[:2] == (height, width):
     return image
-  squeeze = image.shape[-1] == 1
-  pil = Image.fromarray(image[..., 0] if squeeze else image)
-  out = np.asarray(pil.resize((width, height), Image.Resampling.BILINEAR))
-  return out[..., None] if squeeze else out
+  # PIL has 8-bit modes of 1, 3 and 4 channels only; others go channel by channel.
+  if image.shape[-1] in (3, 4):
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
+  planes = [
+    Image.fromarray(np.ascontiguousarray(image[..., c])).resize(
+      (width, height), Image.Resampling.BILINEAR
+    )
+    for c in range(image.shape[-1])
+  ]
+  return np.stack([np.asarray(p) for p in planes], axis=-1)
 
 
 def _shorter_side_to(image: np.ndarray, side: int) -> np.ndarray:
   h, w = image.shape[:2]
   # The longer side truncated, as torchvision's Resize(int) computes it.
   if h <= w:
-    return _resize(image, side, int(side * w / h))
-  return _resize(image, int(side * h / w), side)
+    return resize(image, side, int(side * w / h))
+  return resize(image, int(side * h / w), side)
 
 
 def _check(record: dict, size: int) -> np.ndarray:
@@ -82,7 +88,7 @@ class RandomResizedCrop:
       cw, ch = min(cw, w), min(ch, h)
       top, left = (h - ch) // 2, (w - cw) // 2
     crop = image[top : top + ch, left : left + cw]
-    return {**record, "image": _resize(crop, self.size, self.size)}
+    return {**record, "image": resize(crop, self.size, self.size)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,9 +34,8 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from PIL import Image
 
-from research.data import datasets
+from research.data import crops, datasets, transforms
 from research.ops.boxes import check_boxes
 
 OPTIONAL_FLAGS = ("difficult", "crowd")
@@ -193,21 +192,6 @@ def hflip(record: dict) -> dict:
   return out
 
 
-def _resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
-  """uint8 [H, W, C] -> uint8 [height, width, C], PIL's bilinear with antialiasing."""
-  if image.shape[:2] == (height, width):
-    return image
-  # PIL has 8-bit modes of 1, 3 and 4 channels only; others go channel by channel.
-  planes = [image] if image.shape[-1] in (3, 4) else [image[..., c] for c in range(image.shape[-1])]
-  out = [
-    np.asarray(
-      Image.fromarray(np.ascontiguousarray(p)).resize((width, height), Image.Resampling.BILINEAR)
-    )
-    for p in planes
-  ]
-  return out[0] if len(out) == 1 and out[0].ndim == 3 else np.stack(out, axis=-1)
-
-
 def _pad(values: np.ndarray, n: int, fill) -> np.ndarray:
   out = np.full((n, *values.shape[1:]), fill, values.dtype)
   out[: len(values)] = values[:n]
@@ -264,22 +248,11 @@ class DetectionTransform:
         f"labels: expected class ids in [0, {self.num_classes}) for num_classes="
         f"{self.num_classes}; received {bad}."
       )
-    image = record["image"]
-    if self.channels is not None and image.shape[-1] != self.channels:
-      if image.shape[-1] != 1:
-        raise ValueError(
-          f"input.channels: can repeat a 1-channel image to {self.channels} channels; "
-          f"received an image of shape {image.shape}."
-        )
-      image = image.repeat(self.channels, axis=-1)
+    image = transforms.repeat_channels(record["image"], self.channels)
     (height, width), s = image.shape[:2], self.size
     scale = s / max(height, width)
     h, w = max(1, min(s, round(height * scale))), max(1, min(s, round(width * scale)))
-    resized = _resize_image(image, h, w)
-    low, high = self.value_range
-    pixels = resized.astype(np.float32) * np.float32((high - low) / 255.0) + np.float32(low)
-    if self.mean is not None:
-      pixels = (pixels - np.float32(self.mean)) / np.float32(self.std)
+    pixels = transforms.normalize(crops.resize(image, h, w), self.value_range, self.mean, self.std)
     canvas = np.full((s, s, pixels.shape[-1]), self.pad_value, np.float32)
     canvas[:h, :w] = pixels
 

@@ -55,18 +55,29 @@ class ClassificationTransform:
     image = np.asarray(batch["image"])
     if self.upscale > 1:
       image = image.repeat(self.upscale, axis=1).repeat(self.upscale, axis=2)
-    if self.channels is not None and image.shape[-1] != self.channels:
-      if image.shape[-1] != 1:
-        raise ValueError(
-          f"input.channels: can repeat a 1-channel image to {self.channels} channels; "
-          f"received images of shape {image.shape[1:]}."
-        )
-      image = image.repeat(self.channels, axis=-1)
-    low, high = self.value_range
-    image = image.astype(np.float32) * np.float32((high - low) / 255.0) + np.float32(low)
-    if self.mean is not None:
-      image = (image - np.float32(self.mean)) / np.float32(self.std)
+    image = normalize(repeat_channels(image, self.channels), self.value_range, self.mean, self.std)
     return {"image": pad_with(image, self.pad, self.background), "label": labels.astype(np.int32)}
+
+
+def repeat_channels(image: np.ndarray, channels: int | None) -> np.ndarray:
+  """A 1-channel image [..., H, W, 1] repeated to `channels` (None: unchanged)."""
+  if channels is None or image.shape[-1] == channels:
+    return image
+  if image.shape[-1] != 1:
+    raise ValueError(
+      f"input.channels: can repeat a 1-channel image to {channels} channels; "
+      f"received images of shape {image.shape[-3:]}."
+    )
+  return image.repeat(channels, axis=-1)
+
+
+def normalize(image: np.ndarray, value_range, mean=None, std=None) -> np.ndarray:
+  """uint8 [..., C] -> float32: 0..255 mapped onto value_range, then (x - mean) / std per channel."""
+  low, high = value_range
+  image = image.astype(np.float32) * np.float32((high - low) / 255.0) + np.float32(low)
+  if mean is not None:
+    image = (image - np.float32(mean)) / np.float32(std)
+  return image
 
 
 def pad_with(image: np.ndarray, pad: int, fill) -> np.ndarray:
