@@ -90,10 +90,10 @@ def _timed(fns: dict, repeats: int, warmup: int) -> dict:
   return {name: (first[name], float(np.median(t))) for name, t in times.items()}
 
 
-def _flops(lowered) -> float:
-  """FLOPs of a lowered (pre-optimization) program, as throughput.py counts them: after
-  compilation for a GPU, convolutions become library calls that XLA counts as zero."""
-  cost = lowered.cost_analysis()
+def _flops(jitted, *args) -> float:
+  """FLOPs of `jitted` at `args`, as throughput.py counts them: from XLA's cost analysis of
+  the program lowered for the CPU (a GPU lowering counts its convolutions as zero)."""
+  cost = jitted.trace(*args).lower(lowering_platforms=("cpu",)).cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   return float(cost.get("flops", 0.0)) if cost else 0.0
 
@@ -191,7 +191,7 @@ def bench_occlusion(ctx, args) -> dict:
   # FLOPs per map: full inference (one forward per occluder position) vs programs that do
   # what occlusion's chunks do (incremental.occluded, or the traced model under vmap on whole
   # occluded images), on the model's traced program.
-  single = _flops(jax.jit(lambda v, t: model.apply(v, t)[0]).lower(variables, image[None]))
+  single = _flops(jax.jit(lambda v, t: model.apply(v, t)[0]), variables, image[None])
   closed = graph.trace(lambda t: model_fn(t)[0], image[None])
   consts = list(closed.consts)
 
@@ -210,7 +210,7 @@ def bench_occlusion(ctx, args) -> dict:
     for chunk in args.chunks:
       origin = jnp.zeros((chunk, 2), jnp.int32)
       chunks = math.ceil(count / chunk)
-      per_map = _flops(jax.jit(program).lower(consts, image, origin)) * chunks
+      per_map = _flops(jax.jit(program), consts, image, origin) * chunks
       programs.append(
         {
           "program": f"{'incremental' if use_incremental else 'whole-image'}, chunk_size={chunk}",

@@ -1,7 +1,7 @@
 """Training and inference images/s of each classifier in Flax and in torchvision, side by side.
 
     python benchmarks/throughput.py [--models resnet.ResNet50,...] [--batch 16] [--size 224]
-        [--steps 5] [--warmup 2] [--json out.json]
+        [--steps 5] [--warmup 2] [--json out.json] [--profile]
 
 Both libraries run in this one process on the same machine (CPU, or the GPU when
 JAX and torch both see one), with the same weights (torchvision's, converted),
@@ -9,17 +9,29 @@ the same batch and the same step: forward, softmax cross-entropy (plus 0.3 x the
 auxiliary losses for GoogLeNet), backward, SGD with momentum. Printed per model:
 images/s of each, the ratio Flax / torchvision, and the fraction of the
 machine's measured float32 matmul peak that the Flax step reaches (its FLOPs
-from XLA's cost analysis of the lowered program). Needs only jax, flax, optax, torch, torchvision.
+from XLA's cost analysis of the program lowered for the CPU). Needs only jax,
+flax, optax, torch, torchvision.
+
+--profile also traces one Flax training step with `jax.profiler` and prints
+where its time goes: the compiled program's operations grouped by kind (XLA's
+names without their numbers: `ynn_fusion` for the convolutions and matrix
+products XLA hands to YNNPACK, `transpose_copy_fusion`, `while` for loops, ...)
+in seconds summed over the runtime's worker threads, and how busy those
+threads were over the step.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
+import glob
 import importlib
 import json
 import os
+import re
 import sys
+import tempfile
 import time
 
 import jax
@@ -71,7 +83,42 @@ def _aux_loss(out, labels):
   return total
 
 
-def flax_timings(name, state_dict, x, labels, steps, warmup):
+def profile(fn, top: int = 12) -> str:
+  """Where one call of `fn` (which blocks until done) spends its time, from a
+  `jax.profiler` trace: XLA operations grouped by kind, in worker-thread seconds."""
+  with tempfile.TemporaryDirectory() as directory:
+    jax.profiler.start_trace(directory)
+    start = time.perf_counter()
+    fn()
+    wall = time.perf_counter() - start
+    jax.profiler.stop_trace()
+    (path,) = glob.glob(os.path.join(directory, "**", "*.xplane.pb"), recursive=True)
+    data = jax.profiler.ProfileData.from_file(path)
+  kinds, threads = collections.Counter(), set()
+  for plane in data.planes:
+    for line in plane.lines:
+      # The compiled program's operations run on the runtime's worker threads; the events
+      # that wrap them (executor, thread-pool waits) are not operations.
+      if not line.name.startswith(("tf_XLAEigen", "XLAEigen")):
+        continue
+      for event in line.events:
+        if event.name.startswith(("ThunkExecutor", "SlinkyThreadPool")):
+          continue
+        threads.add(line.name)
+        kinds[re.sub(r"[._]?\d+$", "", event.name)] += event.duration_ns / 1e9
+  busy = sum(kinds.values())
+  if not busy:
+    return "  (no operations recorded on XLA worker threads: a GPU or another runtime)"
+  lines = [
+    f"  {wall:.2f} s wall; operations {busy:.2f} s over {len(threads)} worker threads "
+    f"({100 * busy / (wall * max(len(threads), 1)):.0f}% busy)"
+  ]
+  for kind, seconds in kinds.most_common(top):
+    lines.append(f"  {seconds:8.3f} s {100 * seconds / busy:5.1f}%  {kind}")
+  return "\n".join(lines)
+
+
+def flax_timings(name, state_dict, x, labels, steps, warmup, profiled=False):
   """(train s/step, infer s/step, train FLOPs/step) of the Flax model."""
   model = models.resolve(name)(num_classes=1000)
   variables = tv_convert.convert(state_dict, model, input_shape=(1, *x.shape[1:]))
@@ -104,11 +151,10 @@ def flax_timings(name, state_dict, x, labels, steps, warmup):
   infer_s = _timed(lambda: infer(variables, x).block_until_ready(), steps, warmup)
   # The step donates its state: give it copies, not the arrays `variables` holds.
   state = jax.tree.map(jnp.copy, [params, batch_stats, tx.init(params)])
-  lowered = train_step.lower(*state, x, labels)
-  compiled = lowered.compile()
-  # The lowered (pre-optimization) program's count: after compilation for a GPU,
-  # convolutions become library calls that XLA's cost analysis counts as zero.
-  cost = lowered.cost_analysis()
+  compiled = train_step.lower(*state, x, labels).compile()
+  # Counted on the program lowered for the CPU: lowered or compiled for a GPU, its
+  # convolutions are library calls that XLA's cost analysis counts as zero.
+  cost = train_step.trace(*state, x, labels).lower(lowering_platforms=("cpu",)).cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   flops = float(cost.get("flops", 0.0)) if cost else 0.0
 
@@ -116,7 +162,8 @@ def flax_timings(name, state_dict, x, labels, steps, warmup):
     state[:] = compiled(*state, x, labels)
     jax.block_until_ready(state[0])
 
-  return _timed(train, steps, warmup), infer_s, flops
+  train_s = _timed(train, steps, warmup)
+  return train_s, infer_s, flops, (profile(train) if profiled else None)
 
 
 def torch_timings(tv_name, kwargs, x, labels, steps, warmup, device):
@@ -164,6 +211,9 @@ def main(argv=None):
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--json", default=None, help="also write the rows to this file")
   parser.add_argument(
+    "--profile", action="store_true", help="print where one Flax training step spends its time"
+  )
+  parser.add_argument(
     "--precision",
     choices=("default", "highest"),
     default="default",
@@ -207,7 +257,9 @@ def main(argv=None):
     t_train, t_infer, state_dict = torch_timings(
       tv_name, kwargs, x, labels, args.steps, args.warmup, device
     )
-    f_train, f_infer, flops = flax_timings(name, state_dict, x, labels, args.steps, args.warmup)
+    f_train, f_infer, flops, step_profile = flax_timings(
+      name, state_dict, x, labels, args.steps, args.warmup, profiled=args.profile
+    )
     row = {
       "model": name,
       "device": device,
@@ -233,6 +285,10 @@ def main(argv=None):
       f"{(100 * frac if frac else float('nan')):10.1f}%",
       flush=True,
     )
+    if step_profile:
+      print(
+        f"  one Flax training step of {name}, by kind of operation:\n{step_profile}", flush=True
+      )
   if args.json:
     with open(args.json, "w") as f:
       json.dump(rows, f, indent=2)

@@ -92,6 +92,8 @@ def base() -> ConfigDict:
   c.checkpoint_every_steps = 500
   c.keep_checkpoints = 3
   c.parallelism = "jit"
+  # lambda of research.train.steps.train_step's penalty on the loss's input gradient.
+  c.input_gradient_penalty = 0.0
   c.optimizer = ConfigDict()
   c.optimizer.name = "nesterov"
   c.optimizer.learning_rate = 0.1

@@ -83,6 +83,10 @@ def test_unknown_variant_is_refused():
     ("--config.parallelism=shard", r"parallelism: expected one of"),
     ("--config.batch_size=0", r"batch_size: expected a positive integer; received 0"),
     ("--config.log_every_steps=0", r"log_every_steps: expected a positive integer; received 0"),
+    (
+      "--config.input_gradient_penalty=-0.5",
+      r"input_gradient_penalty: expected a finite number >= 0; received -0.5",
+    ),
   ],
 )
 def test_bad_configs_fail_with_a_clear_error(override, message, tmp_path):

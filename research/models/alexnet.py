@@ -41,6 +41,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from research.models.inputs import check_images
+from research.models.layers import Conv
 from research.ops.pooling import adaptive_avg_pool
 
 # The smallest H and W with a positive size after pool5: 63 -> 15 -> 7 -> 3 -> 1.
@@ -84,7 +85,7 @@ class AlexNet(nn.Module):
       (5, 10, 256, 3, 1, 1, True),
     )
     for i, index, features, kernel, stride, padding, pooled in layers:
-      x = out[f"conv{i}"] = nn.Conv(
+      x = out[f"conv{i}"] = Conv(
         features,
         (kernel, kernel),
         strides=stride,

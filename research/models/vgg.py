@@ -49,6 +49,7 @@ import jax.numpy as jnp
 
 from research.models.alexnet import flatten_chw
 from research.models.inputs import check_images
+from research.models.layers import Conv
 from research.ops.pooling import adaptive_avg_pool
 
 # Filters of each conv in order, "M" for a 2x2 max pool (the paper's Table 1).
@@ -103,7 +104,7 @@ class VGG(nn.Module):
         index, block, conv = index + 1, block + 1, 1
         continue
       name = f"{block}_{conv}"
-      x = out[f"conv{name}"] = nn.Conv(
+      x = out[f"conv{name}"] = Conv(
         v, (3, 3), padding=1, kernel_init=_conv_init, dtype=self.dtype, name=f"features.{index}"
       )(x)
       index += 1

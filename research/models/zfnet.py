@@ -54,6 +54,7 @@ import jax.numpy as jnp
 
 from research.models.alexnet import flatten_chw
 from research.models.inputs import check_images
+from research.models.layers import Conv
 from research.ops.pooling import adaptive_avg_pool
 
 # The smallest H and W with a positive size after pool5: 53 -> 25 -> 13 -> 5 -> 3 -> 1.
@@ -115,7 +116,7 @@ class ZFNet(nn.Module):
     for (i, index, kernel, stride, padding, pool_padding, normed), features in zip(
       layers, self.features, strict=True
     ):
-      x = out[f"conv{i}"] = nn.Conv(
+      x = out[f"conv{i}"] = Conv(
         features,
         (kernel, kernel),
         strides=stride,

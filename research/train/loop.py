@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -48,7 +49,8 @@ def check_workdir(workdir: str) -> str:
 
 
 def check_steps(config: ConfigDict) -> None:
-  """ValueError unless the step counts of `config` are positive integers."""
+  """ValueError unless the step counts of `config` are positive integers (and its
+  input-gradient penalty a finite number >= 0)."""
   for key in ("total_steps", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
     value = config.get(key)
     if not isinstance(value, int) or value < 1:
@@ -57,6 +59,12 @@ def check_steps(config: ConfigDict) -> None:
     raise ValueError(
       f"eval_every_steps: expected 0 (evaluate at the end only) or a positive integer; "
       f"received {config.eval_every_steps!r}."
+    )
+  penalty = config.get("input_gradient_penalty", 0.0)
+  number = isinstance(penalty, int | float) and not isinstance(penalty, bool)
+  if not number or not math.isfinite(penalty) or penalty < 0:
+    raise ValueError(
+      f"input_gradient_penalty: expected a finite number >= 0; received {penalty!r}."
     )
 
 
@@ -190,7 +198,12 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     train_iter.set_state(data_state)
     log.info("resumed from checkpoint %d in %s", first_step, checkpointer.directory)
 
-  train_fn = parallel.compile_train(steps.train_step, model=model, loss_fn=loss_fn)
+  train_fn = parallel.compile_train(
+    steps.train_step,
+    model=model,
+    loss_fn=loss_fn,
+    input_gradient_penalty=float(config.get("input_gradient_penalty", 0.0)),
+  )
   eval_fn = parallel.compile_eval(steps.eval_step, model=model, metrics_fn=evaluate.eval_counts)
   writer = MetricWriter(workdir, resume_step=first_step)
   pending, last_log, last_time = [], first_step, time.time()

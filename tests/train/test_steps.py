@@ -52,6 +52,35 @@ def test_train_step_applies_the_cross_entropy_gradient():
   assert int(new_state.step) == 1
 
 
+def test_input_gradient_penalty_is_the_mean_squared_input_gradient_of_each_loss():
+  """For logits = x W, d loss_i / d x_i = W (softmax_i - onehot_i): the step reports the mean
+  of its squared norm and descends CE + lambda * that, in closed form."""
+  model, batch, lr, lam = Linear(), _batch(), 0.5, 0.3
+  state = create_train_state(model, optax.sgd(lr), seed=0, input_shape=(1, 2, 2, 1))
+  w = jnp.asarray(state.params["Dense_0"]["kernel"])
+  step = jax.jit(
+    functools.partial(
+      steps.train_step,
+      model=model,
+      loss_fn=classification.classification_loss,
+      input_gradient_penalty=lam,
+    )
+  )
+  new_state, metrics = step(state, batch)
+  x, onehot = batch["image"].reshape(4, -1), np.eye(3)[batch["label"]]
+
+  def penalty(w):
+    return jnp.mean(jnp.sum(((jax.nn.softmax(x @ w) - onehot) @ w.T) ** 2, axis=1))
+
+  def objective(w):
+    ce = -jnp.mean(jnp.sum(onehot * jax.nn.log_softmax(x @ w), axis=1))
+    return ce + lam * penalty(w)
+
+  np.testing.assert_allclose(metrics["input_gradient_penalty"], penalty(w), rtol=1e-5)
+  expected = w - lr * jax.grad(objective)(w)
+  np.testing.assert_allclose(new_state.params["Dense_0"]["kernel"], expected, atol=1e-6)
+
+
 def test_eval_step_counts_exactly_and_ignores_masked_rows():
   model, batch = Linear(), _batch()
   state = create_train_state(model, optax.sgd(0.1), seed=0, input_shape=(1, 2, 2, 1))
