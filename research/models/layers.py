@@ -110,7 +110,8 @@ def conv_general_dilated(
   """`lax.conv_general_dilated` with its weight gradient computed per image
   (`_weight_grad_per_image`) where the output has at least
   `PER_IMAGE_WEIGHT_GRAD_MIN_PIXELS` pixels and `PER_IMAGE_WEIGHT_GRAD_MIN_FLOPS` per
-  image. Plain 2-D NHWC/HWIO convolutions only
+  image. Plain 2-D NHWC/HWIO convolutions only (lhs [N, H, W, C], rhs [kh, kw, C, F]
+  -> [N, oh, ow, F])
   (no dilation, no groups); any other call goes to lax unchanged. Same forward
   program and results; reverse mode only (no jvp). On GPUs and TPUs the weight
   gradient stays XLA's own (`lax.platform_dependent`).
