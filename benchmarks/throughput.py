@@ -151,10 +151,11 @@ def flax_timings(name, state_dict, x, labels, steps, warmup, profiled=False):
   infer_s = _timed(lambda: infer(variables, x).block_until_ready(), steps, warmup)
   # The step donates its state: give it copies, not the arrays `variables` holds.
   state = jax.tree.map(jnp.copy, [params, batch_stats, tx.init(params)])
-  compiled = train_step.lower(*state, x, labels).compile()
+  traced = train_step.trace(*state, x, labels)
+  compiled = traced.lower().compile()
   # Counted on the program lowered for the CPU: lowered or compiled for a GPU, its
   # convolutions are library calls that XLA's cost analysis counts as zero.
-  cost = train_step.trace(*state, x, labels).lower(lowering_platforms=("cpu",)).cost_analysis()
+  cost = traced.lower(lowering_platforms=("cpu",)).cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   flops = float(cost.get("flops", 0.0)) if cost else 0.0
 

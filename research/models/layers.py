@@ -84,8 +84,9 @@ def _conv2d_bwd(strides, pads, precision, residuals, dy):
     return dw.astype(kernel.dtype)
 
   pixels = dy.shape[1] * dy.shape[2]
-  flops = 2 * pixels * kernel.size
-  if pixels < PER_IMAGE_WEIGHT_GRAD_MIN_PIXELS or flops < PER_IMAGE_WEIGHT_GRAD_MIN_FLOPS:
+  flops_per_image = 2 * pixels * kernel.size
+  small = flops_per_image < PER_IMAGE_WEIGHT_GRAD_MIN_FLOPS
+  if pixels < PER_IMAGE_WEIGHT_GRAD_MIN_PIXELS or small:
     return dx, library(x, dy)
   # Only XLA:CPU's weight gradient is slow; GPUs and TPUs keep their own.
   return dx, lax.platform_dependent(x, dy, cpu=per_image, default=library)
@@ -110,13 +111,14 @@ def conv_general_dilated(
   """`lax.conv_general_dilated` with its weight gradient computed per image
   (`_weight_grad_per_image`) where the output has at least
   `PER_IMAGE_WEIGHT_GRAD_MIN_PIXELS` pixels and `PER_IMAGE_WEIGHT_GRAD_MIN_FLOPS` per
-  image. Plain 2-D NHWC/HWIO convolutions only (lhs [N, H, W, C], rhs [kh, kw, C, F]
-  -> [N, oh, ow, F])
-  (no dilation, no groups); any other call goes to lax unchanged. Same forward
-  program and results; reverse mode only (no jvp). On GPUs and TPUs the weight
-  gradient stays XLA's own (`lax.platform_dependent`).
+  image. Only plain 2-D convolutions take that path: lhs [N, H, W, C] with
+  rhs [kh, kw, C, F] -> [N, oh, ow, F] (NHWC/HWIO), no dilation, no groups, no
+  negative padding; any other call goes to lax unchanged. Same forward program and
+  results; reverse mode only (no jvp). On GPUs and TPUs the weight gradient stays
+  XLA's own (`lax.platform_dependent`).
   """
-  plain = (
+  pads = None
+  if (
     lhs.ndim == 4
     and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
     == lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC)
@@ -125,8 +127,14 @@ def conv_general_dilated(
     and preferred_element_type is None
     and all(d == 1 for d in (lhs_dilation or (1, 1)))
     and all(d == 1 for d in (rhs_dilation or (1, 1)))
-  )
-  if not plain:
+  ):
+    strides = tuple(window_strides)
+    if isinstance(padding, str):
+      padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+    pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+    if any(p < 0 for pair in pads for p in pair):
+      pads = None
+  if pads is None:
     return lax.conv_general_dilated(
       lhs,
       rhs,
@@ -139,16 +147,6 @@ def conv_general_dilated(
       batch_group_count=batch_group_count,
       precision=precision,
       preferred_element_type=preferred_element_type,
-    )
-  strides = tuple(window_strides)
-  if isinstance(padding, str):
-    pads = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
-  else:
-    pads = padding
-  pads = tuple((int(lo), int(hi)) for lo, hi in pads)
-  if any(p < 0 for pair in pads for p in pair):
-    return lax.conv_general_dilated(
-      lhs, rhs, strides, pads, dimension_numbers=NHWC, precision=precision
     )
   return _conv2d(lhs, rhs, strides, pads, precision)
 

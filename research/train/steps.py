@@ -58,9 +58,9 @@ def train_step(
     return losses["loss"], (losses, updates.get("batch_stats", state.batch_stats))
 
   def compute_loss(params):
-    if not input_gradient_penalty:
-      return forward(params, batch["image"])
     images = batch["image"]
+    if not input_gradient_penalty:
+      return forward(params, images)
     (loss, (losses, batch_stats)), d_images = jax.value_and_grad(forward, 1, has_aux=True)(
       params, images
     )
