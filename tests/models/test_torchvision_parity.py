@@ -5,6 +5,9 @@ this file covers the remaining variants at a small input, which exercises the
 same layers at a fraction of the cost.
 """
 
+import functools
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -46,7 +49,9 @@ def test_logits_equal_torchvision(variant):
   model = models.resolve(variant)()
   variables = tv.convert(net.state_dict(), model, input_shape=(1, h, w, 3))
   x = np.random.default_rng(0).normal(size=(1, h, w, 3)).astype(np.float32)
-  ours, _ = model.apply(variables, jnp.asarray(x), train=False)
+  # Under jit, as users run it: one compilation is faster than eager dispatch of these
+  # hundreds of layers (DenseNet-169: 15 s against 43 s).
+  ours, _ = jax.jit(functools.partial(model.apply, train=False))(variables, jnp.asarray(x))
   with torch.no_grad():
     theirs = net(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
   scale = np.abs(theirs).max()
