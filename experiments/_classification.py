@@ -1,4 +1,5 @@
-"""The config keys every classification experiment has, with neutral defaults.
+"""The config keys every classification experiment has, with neutral defaults, and the
+recipes several experiments share (ImageNet with SGD, CIFAR-10, the offline digits).
 
 Experiments start from `base()` and set what their paper says; a key that an
 experiment leaves alone can still be overridden on the command line.
@@ -13,10 +14,30 @@ CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 MNIST_MEAN, MNIST_STD = (0.1307,) * 3, (0.3081,) * 3
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IMAGENET_TRAIN = 1_281_167
+CIFAR10_TRAIN = 50_000
 
 
-def imagenet(c: ConfigDict, *, crop: str, batch_size: int) -> None:
-  """Sets c's data to ImageNet (TFDS imagenet2012): crops, flips, normalization, batch."""
+def imagenet_sgd(
+  c: ConfigDict,
+  *,
+  crop: str,
+  batch_size: int,
+  epochs: float,
+  learning_rate: float,
+  weight_decay: float = 0.0,
+  decay_epochs: tuple[float, ...] = (),
+  decay_every_epochs: float | None = None,
+  decay_factor: float = 0.1,
+) -> None:
+  """The ImageNet papers' recipe shape on TFDS imagenet2012: `crop`s (see c.input.crop) and
+  flips, SGD with momentum 0.9 for `epochs`, evaluation every 5 epochs, and the learning rate
+  multiplied by `decay_factor` at each of `decay_epochs` (a step schedule) or every
+  `decay_every_epochs` epochs (exponential)."""
+  if bool(decay_epochs) == (decay_every_epochs is not None):
+    raise ValueError(
+      f"imagenet_sgd: expected exactly one of decay_epochs and decay_every_epochs; received "
+      f"decay_epochs={decay_epochs!r}, decay_every_epochs={decay_every_epochs!r}."
+    )
   c.dataset = "imagenet2012"
   c.input.crop = crop
   c.input.random_flip = True
@@ -24,20 +45,63 @@ def imagenet(c: ConfigDict, *, crop: str, batch_size: int) -> None:
   c.batch_size = batch_size
   c.eval_batch_size = 250  # divides the 50,000 validation images
   c.checkpoint_every_steps = 5000
+  c.total_steps = epochs_to_steps(epochs, IMAGENET_TRAIN, batch_size)
+  c.eval_every_steps = epochs_to_steps(5, IMAGENET_TRAIN, batch_size)
+  c.optimizer.name = "momentum"
+  c.optimizer.learning_rate = learning_rate
+  c.optimizer.weight_decay = weight_decay
+  c.optimizer.decay_factor = decay_factor
+  if decay_epochs:
+    c.optimizer.schedule = "step"
+    c.optimizer.boundaries = tuple(e / epochs for e in decay_epochs)
+  else:
+    c.optimizer.schedule = "exponential"
+    c.optimizer.decay_every_steps = epochs_to_steps(
+      decay_every_epochs, IMAGENET_TRAIN, batch_size
+    )
 
 
 def torchvision_resnet_recipe(c: ConfigDict) -> None:
   """torchvision's ResNet recipe on ImageNet: batch 256, SGD momentum 0.9, lr 0.1 divided
   by 10 at epochs 30 and 60 of 90, weight decay 1e-4, random-resized crops and flips."""
-  imagenet(c, crop="random_resized", batch_size=256)
-  c.total_steps = epochs_to_steps(90, IMAGENET_TRAIN, 256)
-  c.eval_every_steps = epochs_to_steps(5, IMAGENET_TRAIN, 256)
-  c.optimizer.name = "momentum"
+  imagenet_sgd(
+    c,
+    crop="random_resized",
+    batch_size=256,
+    epochs=90,
+    learning_rate=0.1,
+    weight_decay=1e-4,
+    decay_epochs=(30, 60),
+  )
+
+
+def cifar10_sgd(
+  c: ConfigDict,
+  *,
+  batch_size: int,
+  epochs: int,
+  weight_decay: float,
+  decay_epochs: tuple[int, ...],
+  decay_factor: float,
+) -> None:
+  """The CIFAR-10 recipe of the wide-ResNet and DenseNet papers (TFDS cifar10): flips and
+  4-pixel pad-and-crop, SGD with Nesterov momentum 0.9 from a learning rate of 0.1,
+  multiplied by `decay_factor` at each of `decay_epochs`, evaluation every 10 epochs."""
+  c.dataset = "cifar10"
+  c.input.mean, c.input.std = CIFAR10_MEAN, CIFAR10_STD
+  c.input.random_shift = 4  # pad by 4 with black, crop 32x32
+  c.input.random_flip = True
+  c.batch_size = batch_size
+  c.eval_batch_size = 500
+  c.total_steps = epochs_to_steps(epochs, CIFAR10_TRAIN, batch_size)
+  c.eval_every_steps = epochs_to_steps(10, CIFAR10_TRAIN, batch_size)
+  c.checkpoint_every_steps = 2000
+  c.optimizer.name = "nesterov"
   c.optimizer.learning_rate = 0.1
-  c.optimizer.weight_decay = 1e-4
+  c.optimizer.weight_decay = weight_decay
   c.optimizer.schedule = "step"
-  c.optimizer.boundaries = (30 / 90, 60 / 90)
-  c.optimizer.decay_factor = 0.1
+  c.optimizer.boundaries = tuple(e / epochs for e in decay_epochs)
+  c.optimizer.decay_factor = decay_factor
 
 
 def runlocal_digits(c: ConfigDict, *, upscale: int = 1, steps: int) -> None:

@@ -29,17 +29,17 @@ def get_config(arg: str | None = None) -> ConfigDict:
   base.variant(arg, "alexnet_imagenet")
   c = base.base()
   c.model = "alexnet.AlexNet"
-  base.imagenet(c, crop="scale_jitter", batch_size=128)
+  base.imagenet_sgd(
+    c,
+    crop="scale_jitter",
+    batch_size=128,
+    epochs=90,
+    learning_rate=0.01,
+    weight_decay=5e-4,
+    decay_epochs=(30, 60, 80),
+  )
   c.input.scale_range = (256, 256)
   c.input.pca_lighting = 0.1
-  c.total_steps = base.epochs_to_steps(90, base.IMAGENET_TRAIN, 128)
-  c.eval_every_steps = base.epochs_to_steps(5, base.IMAGENET_TRAIN, 128)
-  c.optimizer.name = "momentum"
-  c.optimizer.learning_rate = 0.01
-  c.optimizer.weight_decay = 5e-4
-  c.optimizer.schedule = "step"
-  c.optimizer.boundaries = (30 / 90, 60 / 90, 80 / 90)
-  c.optimizer.decay_factor = 0.1
   if arg == "runlocal":
     c.model_kwargs = ConfigDict({"hidden": 256})
     base.runlocal_digits(c, upscale=2, steps=300)

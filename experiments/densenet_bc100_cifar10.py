@@ -27,21 +27,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
   base.variant(arg, "densenet_bc100_cifar10")
   c = base.base()
   c.model = "densenet.DenseNetBC100"
-  c.dataset = "cifar10"
-  c.input.mean, c.input.std = base.CIFAR10_MEAN, base.CIFAR10_STD
-  c.input.random_shift = 4
-  c.input.random_flip = True
-  c.batch_size = 64
-  c.eval_batch_size = 500
-  c.total_steps = base.epochs_to_steps(300, 50000, 64)
-  c.eval_every_steps = base.epochs_to_steps(10, 50000, 64)
-  c.checkpoint_every_steps = 2000
-  c.optimizer.name = "nesterov"
-  c.optimizer.learning_rate = 0.1
-  c.optimizer.weight_decay = 1e-4
-  c.optimizer.schedule = "step"
-  c.optimizer.boundaries = (0.5, 0.75)
-  c.optimizer.decay_factor = 0.1
+  base.cifar10_sgd(
+    c, batch_size=64, epochs=300, weight_decay=1e-4, decay_epochs=(150, 225), decay_factor=0.1
+  )
   if arg == "runlocal":
     c.model = "densenet.DenseNet"
     c.model_kwargs = ConfigDict(

@@ -28,14 +28,15 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c = base.base()
   c.model = "googlenet.GoogLeNet"
   c.loss = "googlenet.googlenet_loss"
-  base.imagenet(c, crop="random_resized", batch_size=256)
-  c.total_steps = base.epochs_to_steps(90, base.IMAGENET_TRAIN, 256)
-  c.eval_every_steps = base.epochs_to_steps(5, base.IMAGENET_TRAIN, 256)
-  c.optimizer.name = "momentum"
-  c.optimizer.learning_rate = 0.01
-  c.optimizer.schedule = "exponential"
-  c.optimizer.decay_every_steps = base.epochs_to_steps(8, base.IMAGENET_TRAIN, 256)
-  c.optimizer.decay_factor = 0.96
+  base.imagenet_sgd(
+    c,
+    crop="random_resized",
+    batch_size=256,
+    epochs=90,
+    learning_rate=0.01,
+    decay_every_epochs=8,
+    decay_factor=0.96,
+  )
   if arg == "runlocal":
     base.runlocal_digits(c, steps=120)
     c.optimizer.decay_every_steps = 30

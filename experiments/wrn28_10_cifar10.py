@@ -28,21 +28,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c = base.base()
   c.model = "resnet.WideResNet"
   c.model_kwargs = ConfigDict({"depth": 28, "widen_factor": 10, "dropout_rate": 0.3})
-  c.dataset = "cifar10"
-  c.input.mean, c.input.std = base.CIFAR10_MEAN, base.CIFAR10_STD
-  c.input.random_shift = 4  # pad by 4 with black, crop 32x32
-  c.input.random_flip = True
-  c.batch_size = 128
-  c.eval_batch_size = 500
-  c.total_steps = base.epochs_to_steps(200, 50000, 128)
-  c.eval_every_steps = base.epochs_to_steps(10, 50000, 128)
-  c.checkpoint_every_steps = 2000
-  c.optimizer.name = "nesterov"
-  c.optimizer.learning_rate = 0.1
-  c.optimizer.weight_decay = 5e-4
-  c.optimizer.schedule = "step"
-  c.optimizer.boundaries = (60 / 200, 120 / 200, 160 / 200)
-  c.optimizer.decay_factor = 0.2
+  base.cifar10_sgd(
+    c, batch_size=128, epochs=200, weight_decay=5e-4, decay_epochs=(60, 120, 160), decay_factor=0.2
+  )
   if arg == "runlocal":
     c.model_kwargs = ConfigDict({"depth": 16, "widen_factor": 2, "dropout_rate": 0.0})
     base.runlocal_digits(c, steps=200)

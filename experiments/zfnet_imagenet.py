@@ -28,15 +28,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
   base.variant(arg, "zfnet_imagenet")
   c = base.base()
   c.model = "zfnet.ZFNet"
-  base.imagenet(c, crop="scale_jitter", batch_size=128)
+  base.imagenet_sgd(
+    c, crop="scale_jitter", batch_size=128, epochs=70, learning_rate=0.01, decay_epochs=(35, 55)
+  )
   c.input.scale_range = (256, 256)
-  c.total_steps = base.epochs_to_steps(70, base.IMAGENET_TRAIN, 128)
-  c.eval_every_steps = base.epochs_to_steps(5, base.IMAGENET_TRAIN, 128)
-  c.optimizer.name = "momentum"
-  c.optimizer.learning_rate = 0.01
-  c.optimizer.schedule = "step"
-  c.optimizer.boundaries = (35 / 70, 55 / 70)
-  c.optimizer.decay_factor = 0.1
   c.optimizer.max_filter_rms = 0.1
   if arg == "runlocal":
     c.model_kwargs = ConfigDict({"hidden": 256})
