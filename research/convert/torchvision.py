@@ -10,6 +10,8 @@ names and layouts differ:
     Dense     kernel [in, out]          <- weight [out, in]
     BatchNorm scale, bias               <- weight, bias
               batch_stats mean, var     <- running_mean, running_var
+    FrozenBatchNorm batch_stats scale, bias, mean, var
+                                        <- weight, bias, running_mean, running_var
     any       bias                      <- bias
 
 torchvision's `num_batches_tracked` counters have no Flax counterpart and are
@@ -34,6 +36,9 @@ _LEAVES = {
   ("params", "scale"): "weight",
   ("params", "bias"): "bias",
   ("batch_stats", "mean"): "running_mean",
+  # research.models.norms.FrozenBatchNorm keeps its affine with its statistics.
+  ("batch_stats", "scale"): "weight",
+  ("batch_stats", "bias"): "bias",
   ("batch_stats", "var"): "running_var",
 }
 _IGNORED = ("num_batches_tracked",)
@@ -64,7 +69,7 @@ def load_state_dict(state_dict: Mapping[str, Any] | str | os.PathLike) -> dict[s
   return {k: _to_numpy(v) for k, v in state_dict.items() if not k.endswith(_IGNORED)}
 
 
-def _from_torch_layout(value: np.ndarray, target_ndim: int) -> np.ndarray:
+def from_torch_layout(value: np.ndarray, target_ndim: int) -> np.ndarray:
   if target_ndim == 4 and value.ndim == 4:  # conv: OIHW -> HWIO
     return value.transpose(2, 3, 1, 0)
   if target_ndim == 2 and value.ndim == 2:  # dense: (out, in) -> (in, out)
@@ -77,10 +82,29 @@ def torchvision_key(collection: str, path: tuple[str, ...]) -> str:
   return ".".join(path[:-1]) + "." + _LEAVES[(collection, path[-1])]
 
 
-def abstract_variables(model: nn.Module, input_shape) -> dict:
-  """The model's variables as shapes only (no computation): {collection: tree}."""
+def _zeros_like(inputs):
+  """Zeros of the shapes and dtypes of `inputs` (arrays or ShapeDtypeStructs, in dicts,
+  lists or tuples), keeping each dict's key order, which jax.tree.map would sort."""
+  if isinstance(inputs, Mapping):
+    return {k: _zeros_like(v) for k, v in inputs.items()}
+  if isinstance(inputs, (list, tuple)):
+    return type(inputs)(_zeros_like(v) for v in inputs)
+  return jnp.zeros(inputs.shape, inputs.dtype)
+
+
+def abstract_variables(model: nn.Module, input_shape=None, *, inputs=None) -> dict:
+  """The model's variables as shapes only (no computation): {collection: tree}.
+
+  The model is traced on float32 zeros of `input_shape` [N, H, W, C], or on zeros like
+  `inputs`: any arrays or `jax.ShapeDtypeStruct`s, in the structure its `__call__` takes
+  (an FPN's ordered dict of maps).
+  """
+  if inputs is None:
+    if input_shape is None:
+      raise ValueError("abstract_variables: give input_shape [N, H, W, C] or inputs.")
+    inputs = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
   return jax.eval_shape(
-    lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(input_shape, jnp.float32), train=False)
+    lambda: model.init(jax.random.PRNGKey(0), _zeros_like(inputs), train=False)
   )
 
 
@@ -89,6 +113,7 @@ def convert(
   model: nn.Module,
   *,
   input_shape=(1, 224, 224, 3),
+  inputs=None,
 ) -> dict:
   """torchvision weights -> Flax variables {"params": ..., "batch_stats": ...} for `model`.
 
@@ -98,11 +123,13 @@ def convert(
     model: the Flax module whose variables to fill; its structure decides
       which keys are needed.
     input_shape: an input [N, H, W, C] the model accepts, to trace its variables.
+    inputs: instead of input_shape, an example input of any structure (arrays or
+      `jax.ShapeDtypeStruct`s), e.g. the dict of maps a FeaturePyramidNetwork takes.
 
   Raises a ValueError that lists every missing, unexpected and mis-shaped key.
   """
   weights = load_state_dict(state_dict)
-  shapes = abstract_variables(model, input_shape)
+  shapes = abstract_variables(model, input_shape, inputs=inputs)
   out, used, missing, misshaped = {}, set(), [], []
   for collection, tree in shapes.items():
     flat = traverse_util.flatten_dict(tree)
@@ -115,7 +142,7 @@ def convert(
         missing.append(key)
         continue
       used.add(key)
-      value = _from_torch_layout(weights[key], len(target.shape))
+      value = from_torch_layout(weights[key], len(target.shape))
       if value.shape != target.shape:
         misshaped.append(f"{key}: model needs {target.shape}, weights have {value.shape}")
         continue

@@ -8,8 +8,8 @@ import pkgutil
 
 import flax.linen as nn
 
-# Helper modules of this package that hold no model.
-_NOT_FAMILIES = ("inputs", "summary")
+# Modules of this package that hold no classifier: helpers, layers, and the necks.
+_NOT_FAMILIES = ("fpn", "inputs", "layers", "norms", "summary")
 
 
 def families() -> list[str]:
@@ -40,6 +40,12 @@ def resolve(name: str):
   A name that does not resolve raises ValueError listing the valid ones.
   """
   family, _, variant = name.rpartition(".")
+  if family in _NOT_FAMILIES:
+    raise ValueError(
+      f"model: {name!r} is not a model: research.models.{family} holds building blocks, "
+      f"not a model family; expected 'FAMILY.VARIANT' with FAMILY one of {families()}, "
+      "e.g. 'resnet.ResNet18'."
+    )
   if family not in families():
     raise ValueError(
       f"model: unknown model {name!r}; expected 'FAMILY.VARIANT' with FAMILY one of {families()}."
@@ -56,3 +62,17 @@ def resolve(name: str):
       f"model: unknown model {name!r}; {family} has {[f'{family}.{v}' for v in valid]}."
     )
   return getattr(module, variant)
+
+
+def check_num_classes(num_classes, model: str) -> None:
+  """ValueError unless `num_classes` is an int >= 0.
+
+  The classifiers' contract: num_classes=0 builds a backbone, the model without its
+  classifier (no parameters for it), whose `__call__` returns `(None, out)`; a loss that
+  needs logits must reject a None.
+  """
+  if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+    raise ValueError(
+      f"{model}: num_classes must be an int >= 0 (0 builds the model without its "
+      f"classifier); received num_classes={num_classes!r}."
+    )

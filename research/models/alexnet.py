@@ -31,6 +31,12 @@ outputs of fc6 and fc7.
 conv2, relu2, pool2, conv3, relu3, conv4, relu4, conv5, relu5, pool5, avgpool,
 fc6, relu6, fc7, relu7, pre_logits (the input of the last linear layer, equal
 to relu7) and logits (fc8). ZFNet and VGG use the same scheme.
+
+Backbone: `num_classes=0` builds torchvision's `features` only (no avgpool, no
+`classifier.*`: fc6, fc7 and fc8 are all the classifier) and `__call__` returns (None, out),
+out holding conv1 .. pool5. `feature_strides`: conv1/relu1 4, pool1 8, conv2/relu2 8, pool2
+16, conv3-5/relu3-5 16, pool5 32. With `dtype=jnp.bfloat16` convs, dense layers and pools
+compute in bfloat16; parameters stay float32.
 """
 
 from __future__ import annotations
@@ -40,12 +46,22 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from research.models import check_num_classes
 from research.models.inputs import check_images
 from research.models.layers import Conv
 from research.ops.pooling import adaptive_avg_pool
 
 # The smallest H and W with a positive size after pool5: 63 -> 15 -> 7 -> 3 -> 1.
 MIN_SIZE = 63
+
+_STRIDES = {
+  **{f"{kind}1": 4 for kind in ("conv", "relu")},
+  "pool1": 8,
+  **{f"{kind}2": 8 for kind in ("conv", "relu")},
+  "pool2": 16,
+  **{f"{kind}{i}": 16 for i in (3, 4, 5) for kind in ("conv", "relu")},
+  "pool5": 32,
+}
 
 
 def flatten_chw(x):
@@ -62,7 +78,8 @@ class AlexNet(nn.Module):
   """AlexNet. `__call__(x [N, H, W, 3], H, W >= 63) -> (logits [N, num_classes], out)`.
 
   `hidden` is the width of fc6 and fc7 (4096 in the paper); smaller values make
-  a model for small data sets and tests.
+  a model for small data sets and tests. num_classes 0: the features only, returning
+  (None, out).
   """
 
   num_classes: int = 1000
@@ -71,8 +88,14 @@ class AlexNet(nn.Module):
   dropout_rate: float = 0.5
   dtype: Any = jnp.float32
 
+  @property
+  def feature_strides(self) -> dict[str, int]:
+    """{name: stride in input pixels} of the spatial maps in `out` (avgpool excluded)."""
+    return dict(_STRIDES)
+
   @nn.compact
   def __call__(self, x, *, train: bool = False):
+    check_num_classes(self.num_classes, "AlexNet")
     check_images(x, model="AlexNet", channels=self.in_channels, min_size=MIN_SIZE)
     out = {}
     x = x.astype(self.dtype)
@@ -97,6 +120,8 @@ class AlexNet(nn.Module):
       if pooled:
         # Flax's pool, as research.ops.pooling.max_pool has no gradient under jax.jit.
         x = out[f"pool{i}"] = nn.max_pool(x, (3, 3), strides=(2, 2))
+    if not self.num_classes:
+      return None, out
     x = out["avgpool"] = adaptive_avg_pool(x, 6)
     x = flatten_chw(x)
     x = nn.Dropout(self.dropout_rate, deterministic=not train, name="classifier.0")(x)

@@ -34,6 +34,14 @@ initialized He-normal over fan-in as torchvision does (the Torch code uses fan-o
 optional `drop_rate` drops after each dense layer's 3x3 conv as torchvision does, where the
 Torch code (used only for the paper's no-augmentation runs, rate 0.2) also drops after the
 1x1 and transition convs.
+
+Backbones: `num_classes=0` builds no `classifier` and `__call__` returns (None, out), out
+holding the same maps. `feature_strides` gives each map's stride: for the ImageNet stem
+stem 4, denseblock1 4, transition1 8, denseblock2 8, transition2 16, denseblock3 16,
+transition3 32, denseblock4 32, features 32 (the CIFAR stem starts at 1). `conv` and
+`norm` are module arguments (flax's examples/imagenet style; None is torch's BatchNorm).
+With `dtype=jnp.bfloat16` convs, concatenations and pools run in bfloat16; parameters and
+batch statistics stay float32.
 """
 
 from __future__ import annotations
@@ -45,11 +53,16 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from research.models import check_num_classes
 from research.models.inputs import check_images
 from research.models.layers import Conv
 
 # torchvision's init for DenseNet convs: kaiming_normal_ (fan-in, ReLU gain).
 _he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+ModuleDef = Any
+# Flax momentum 0.9 is torch's momentum 0.1; torch's epsilon.
+BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
 
 
 class _DenseLayer(nn.Module):
@@ -119,6 +132,12 @@ class DenseNet(nn.Module):
     bn_size: the bottleneck 1x1 conv has bn_size * k filters.
     compression: a transition keeps floor(compression * c) of its c input maps.
     drop_rate: dropout after each dense layer (active only with train=True).
+    num_classes: 0 builds no classifier; `__call__` then returns (None, out).
+    conv: built as conv(features, (k, k), [strides=, padding=,] use_bias=False,
+      kernel_init=, dtype=, name=).
+    norm: built as norm(use_running_average=not train, dtype=, name=); None is torch's
+      BatchNorm.
+    dtype: the computation dtype (bfloat16 for mixed precision).
 
   `out` names the stages: stem, denseblock1, transition1, ..., denseblockB (before the
   final BN), features (after norm5 and ReLU), pre_logits [N, C] and logits.
@@ -133,6 +152,20 @@ class DenseNet(nn.Module):
   drop_rate: float = 0.0
   num_classes: int = 1000
   dtype: Any = jnp.float32
+  conv: ModuleDef = Conv
+  norm: ModuleDef | None = None
+
+  @property
+  def feature_strides(self) -> dict[str, int]:
+    """{name: stride in input pixels} of the spatial maps in `out`."""
+    stride = 4 if self.stem == "imagenet" else 1
+    strides = {"stem": stride}
+    for i in range(1, len(self.block_config) + 1):
+      strides[f"denseblock{i}"] = stride
+      if i < len(self.block_config):
+        stride *= 2
+        strides[f"transition{i}"] = stride
+    return strides | {"features": stride}
 
   def min_size(self) -> int:
     """The smallest H and W for which every pooling still has an output."""
@@ -146,11 +179,12 @@ class DenseNet(nn.Module):
     name = type(self).__name__
     if self.stem not in ("imagenet", "cifar"):
       raise ValueError(f"{name}: stem must be 'imagenet' or 'cifar'; received {self.stem!r}.")
+    check_num_classes(self.num_classes, name)
     check_images(x, model=name, channels=3, min_size=self.min_size())
     norm = functools.partial(
-      nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype
+      self.norm or BatchNorm, use_running_average=not train, dtype=self.dtype
     )
-    conv = functools.partial(Conv, use_bias=False, kernel_init=_he_normal, dtype=self.dtype)
+    conv = functools.partial(self.conv, use_bias=False, kernel_init=_he_normal, dtype=self.dtype)
     out = {}
     x = x.astype(self.dtype)
     if self.stem == "imagenet":
@@ -177,6 +211,8 @@ class DenseNet(nn.Module):
         )(x)
     x = out["features"] = nn.relu(norm(name="features.norm5")(x))
     x = out["pre_logits"] = x.mean(axis=(1, 2))
+    if not self.num_classes:
+      return None, out
     logits = out["logits"] = nn.Dense(
       self.num_classes, dtype=self.dtype, bias_init=nn.initializers.zeros, name="classifier"
     )(x)

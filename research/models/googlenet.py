@@ -28,6 +28,14 @@ is 3x3 (a known torchvision bug, pytorch/vision#906, kept here so the weights co
 auxiliary heads average-pool 5x5/3 (4x4 on a 224 image; torchvision pools adaptively to
 4x4 for any size) and their 1x1 conv is followed by ReLU only; the dropout before the
 classifier is 0.4, not 0.2.
+
+Backbones: `num_classes=0` builds neither `fc` nor the auxiliary heads, and `__call__`
+returns (None, out), out holding every stage. `feature_strides`: conv1 2, maxpool1 4, conv2
+4, conv3 4, maxpool2 and stem 8, inception3a/3b 8, maxpool3 16, inception4a-4e 16, maxpool4
+32, inception5a/5b 32. `conv` and `norm` are module arguments of every BasicConv2d (flax's
+examples/imagenet style; norm None is torchvision's BatchNorm with eps 0.001). With
+`dtype=jnp.bfloat16` convs, pools and concatenations run in bfloat16; parameters and batch
+statistics stay float32.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ import numpy as np
 import optax
 from jax import lax
 
+from research.models import check_num_classes
 from research.models.inputs import check_images
 from research.models.layers import Conv
 from research.ops.pooling import adaptive_avg_pool
@@ -49,6 +58,26 @@ from research.ops.pooling import adaptive_avg_pool
 # torchvision's init for GoogLeNet: trunc_normal_(std=0.01, a=-2, b=2), i.e. truncated at
 # 200 standard deviations: a plain normal.
 _normal = nn.initializers.normal(0.01)
+
+ModuleDef = Any
+# torchvision's BasicConv2d: eps 0.001; Flax momentum 0.9 is torch's momentum 0.1.
+BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-3)
+
+_STRIDES = {
+  "conv1": 2,
+  "maxpool1": 4,
+  "conv2": 4,
+  "conv3": 4,
+  "maxpool2": 8,
+  "stem": 8,
+  "inception3a": 8,
+  "inception3b": 8,
+  "maxpool3": 16,
+  **{f"inception4{c}": 16 for c in "abcde"},
+  "maxpool4": 32,
+  "inception5a": 32,
+  "inception5b": 32,
+}
 
 # (ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj) per inception module.
 _INCEPTION = {
@@ -111,11 +140,13 @@ class _BasicConv2d(nn.Module):
   strides: int = 1
   padding: int = 0
   dtype: Any = jnp.float32
+  conv: ModuleDef = Conv
+  norm: ModuleDef | None = None
 
   @nn.compact
   def __call__(self, x, *, train: bool):
     k = self.kernel_size
-    x = Conv(
+    x = self.conv(
       self.features,
       (k, k),
       strides=self.strides,
@@ -125,9 +156,7 @@ class _BasicConv2d(nn.Module):
       dtype=self.dtype,
       name="conv",
     )(x)
-    x = nn.BatchNorm(
-      use_running_average=not train, momentum=0.9, epsilon=1e-3, dtype=self.dtype, name="bn"
-    )(x)
+    x = (self.norm or BatchNorm)(use_running_average=not train, dtype=self.dtype, name="bn")(x)
     return nn.relu(x)
 
 
@@ -141,10 +170,12 @@ class _Inception(nn.Module):
   ch5x5: int
   pool_proj: int
   dtype: Any = jnp.float32
+  conv: ModuleDef = Conv
+  norm: ModuleDef | None = None
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    conv = functools.partial(_BasicConv2d, dtype=self.dtype)
+    conv = functools.partial(_BasicConv2d, dtype=self.dtype, conv=self.conv, norm=self.norm)
     branch1 = conv(self.ch1x1, 1, name="branch1")(x, train=train)
     branch2 = conv(self.ch3x3red, 1, name="branch2.0")(x, train=train)
     branch2 = conv(self.ch3x3, 3, padding=1, name="branch2.1")(branch2, train=train)
@@ -161,11 +192,15 @@ class _InceptionAux(nn.Module):
   num_classes: int
   dropout: float = 0.7
   dtype: Any = jnp.float32
+  conv: ModuleDef = Conv
+  norm: ModuleDef | None = None
 
   @nn.compact
   def __call__(self, x, *, train: bool):
     x = adaptive_avg_pool(x, 4)
-    x = _BasicConv2d(128, 1, dtype=self.dtype, name="conv")(x, train=train)
+    x = _BasicConv2d(128, 1, dtype=self.dtype, conv=self.conv, norm=self.norm, name="conv")(
+      x, train=train
+    )
     # torch flattens NCHW (channel-major): fc1's 2048 inputs are ordered (c, h, w).
     x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
     dense = functools.partial(nn.Dense, kernel_init=_normal, dtype=self.dtype)
@@ -186,6 +221,12 @@ class GoogLeNet(nn.Module):
       (x - 0.5) / 0.5, as torchvision does for the pretrained weights (torchvision's
       default, and so ours, is False: `googlenet(weights=None)` leaves it off).
     dropout, dropout_aux: dropout before fc and after the aux heads' fc1 (torchvision's).
+    num_classes: 0 builds neither fc nor the aux heads; `__call__` returns (None, out).
+    conv: built as conv(features, (k, k), strides=, padding=, use_bias=False,
+      kernel_init=, dtype=, name=).
+    norm: built as norm(use_running_average=not train, dtype=, name=); None is
+      torchvision's BatchNorm (eps 0.001).
+    dtype: the computation dtype (bfloat16 for mixed precision).
 
   `out` names every stage: conv1, maxpool1, conv2, conv3, maxpool2 (= stem), inception3a,
   inception3b, maxpool3, inception4a..4e, maxpool4, inception5a, inception5b, pre_logits
@@ -198,6 +239,13 @@ class GoogLeNet(nn.Module):
   dropout: float = 0.2
   dropout_aux: float = 0.7
   dtype: Any = jnp.float32
+  conv: ModuleDef = Conv
+  norm: ModuleDef | None = None
+
+  @property
+  def feature_strides(self) -> dict[str, int]:
+    """{name: stride in input pixels} of the spatial maps in `out`."""
+    return dict(_STRIDES)
 
   def min_size(self) -> int:
     """15: maxpool3 needs 2 rows, and 15 -> conv1 8 -> maxpool1 4 -> maxpool2 2."""
@@ -205,26 +253,28 @@ class GoogLeNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
+    check_num_classes(self.num_classes, "GoogLeNet")
     check_images(x, model="GoogLeNet", channels=3, min_size=self.min_size())
     x = x.astype(self.dtype)
     if self.transform_input:
       std = jnp.array([0.229, 0.224, 0.225], self.dtype)
       mean = jnp.array([0.485, 0.456, 0.406], self.dtype)
       x = x * (std / 0.5) + (mean - 0.5) / 0.5
-    conv = functools.partial(_BasicConv2d, dtype=self.dtype)
+    modules = {"dtype": self.dtype, "conv": self.conv, "norm": self.norm}
+    conv = functools.partial(_BasicConv2d, **modules)
     out = {}
     x = out["conv1"] = conv(64, 7, strides=2, padding=3, name="conv1")(x, train=train)
     x = out["maxpool1"] = max_pool_ceil(x, 3, 2)
     x = out["conv2"] = conv(64, 1, name="conv2")(x, train=train)
     x = out["conv3"] = conv(192, 3, padding=1, name="conv3")(x, train=train)
     x = out["maxpool2"] = out["stem"] = max_pool_ceil(x, 3, 2)
-    run_aux = self.aux_logits and (train or self.is_initializing())
+    run_aux = self.aux_logits and self.num_classes and (train or self.is_initializing())
     for stage in ("3a", "3b", "4a", "4b", "4c", "4d", "4e", "5a", "5b"):
       name = f"inception{stage}"
-      x = out[name] = _Inception(*_INCEPTION[stage], dtype=self.dtype, name=name)(x, train=train)
+      x = out[name] = _Inception(*_INCEPTION[stage], **modules, name=name)(x, train=train)
       aux = {"4a": "aux1", "4d": "aux2"}.get(stage)
       if aux and run_aux:
-        head = _InceptionAux(self.num_classes, self.dropout_aux, dtype=self.dtype, name=aux)
+        head = _InceptionAux(self.num_classes, self.dropout_aux, **modules, name=aux)
         logits = head(x, train=train)
         if train:
           out[aux] = logits
@@ -233,6 +283,8 @@ class GoogLeNet(nn.Module):
       elif stage == "4e":
         x = out["maxpool4"] = max_pool_ceil(x, 2, 2)
     x = out["pre_logits"] = x.mean(axis=(1, 2))
+    if not self.num_classes:
+      return None, out
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     logits = out["logits"] = nn.Dense(
       self.num_classes, kernel_init=_normal, dtype=self.dtype, name="fc"
@@ -248,6 +300,11 @@ def googlenet_loss(outputs, batch, *, aux_weight: float = 0.3) -> dict:
   {"loss", "accuracy" (of the main logits), "aux1_loss", "aux2_loss" (0 when absent)}.
   """
   logits, out = outputs
+  if logits is None:
+    raise ValueError(
+      "googlenet_loss: the model returned no logits (built with num_classes=0, a backbone); "
+      "build it with num_classes >= 1 to train a classifier."
+    )
   labels = batch["label"]
 
   def cross_entropy(z):

@@ -15,6 +15,13 @@ coefficient and bias per map, C3 connects to only some S2 maps (its Table I),
 and the output layer is Euclidean RBF units with a scaled tanh before it. The
 notes' simplified network, followed here, uses plain average pooling, full
 connections and a linear layer trained with softmax cross-entropy.
+
+Backbone: `num_classes=0` builds the convolutional part only (C1 to C5; no F6, no output
+layer: the two fully connected layers are the classifier) and `__call__` returns
+(None, out), out holding conv1 .. tanh3. `feature_strides`: conv1/tanh1 1, pool1 2,
+conv2/tanh2 2, pool2 4, conv3/tanh3 4 (the convs are unpadded, so a map is smaller than
+input / stride by the kernels' borders). With `dtype=jnp.bfloat16` the layers compute in
+bfloat16; parameters stay float32.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from research.models import check_num_classes
 from research.models.inputs import check_images
 
 
@@ -31,16 +39,26 @@ class LeNet5(nn.Module):
   """LeNet-5. `__call__(x [N, 32, 32, in_channels]) -> (logits [N, num_classes], out)`.
 
   `out` names every stage: conv1, tanh1, pool1 (C1, S2), conv2, tanh2, pool2
-  (C3, S4), conv3, tanh3 (C5), fc1, tanh4 (F6), pre_logits and logits.
+  (C3, S4), conv3, tanh3 (C5), fc1, tanh4 (F6), pre_logits and logits. num_classes 0:
+  C1 to C5 only, returning (None, out).
   """
 
   num_classes: int = 10
   in_channels: int = 1
   dtype: Any = jnp.float32
 
+  @property
+  def feature_strides(self) -> dict[str, int]:
+    """{name: stride in input pixels} of the spatial maps in `out`."""
+    return {
+      "conv1": 1, "tanh1": 1, "pool1": 2, "conv2": 2, "tanh2": 2, "pool2": 4, "conv3": 4,
+      "tanh3": 4,
+    }  # fmt: skip
+
   @nn.compact
   def __call__(self, x, *, train: bool = False):
     del train  # LeNet-5 has neither dropout nor batch norm.
+    check_num_classes(self.num_classes, "LeNet5")
     check_images(x, model="LeNet5", channels=self.in_channels, size=(32, 32))
     out = {}
     x = x.astype(self.dtype)
@@ -52,6 +70,8 @@ class LeNet5(nn.Module):
       x = out[f"pool{i}"] = nn.avg_pool(x, (2, 2), strides=(2, 2))
     x = out["conv3"] = nn.Conv(120, (5, 5), padding="VALID", dtype=self.dtype, name="conv3")(x)
     x = out["tanh3"] = jnp.tanh(x)
+    if not self.num_classes:
+      return None, out
     x = x.reshape(x.shape[0], -1)
     x = out["fc1"] = nn.Dense(84, dtype=self.dtype, name="fc1")(x)
     x = out["tanh4"] = out["pre_logits"] = jnp.tanh(x)

@@ -48,6 +48,14 @@ input. WRN-28-10 has 36,479,194 parameters for 10 classes (the paper's
 "36.5M"); convs have no bias. torchvision has no CIFAR WRN; the module names
 (conv1, "layer1.0" holding bn1, conv1, bn2, conv2, shortcut; bn, fc) follow its
 style, so `convert` loads a PyTorch WRN named the same way.
+
+Backbones: `num_classes=0` builds either family without `fc` and `__call__` returns
+(None, out), out holding the same stages; `feature_strides` gives each stage's stride
+(ResNet: stem 4, stage1 4, stage2 8, stage3 16, stage4 32, i.e. C2..C5). `conv` and
+`norm` are module arguments, as in flax's examples/imagenet (e.g.
+`ResNet50(num_classes=0, norm=research.models.norms.FrozenBatchNorm)` for a detector).
+With `dtype=jnp.bfloat16` every conv, dense layer and activation is bfloat16 while the
+parameters and batch statistics stay float32.
 """
 
 from __future__ import annotations
@@ -59,6 +67,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from research.models import check_num_classes
 from research.models.inputs import check_images
 from research.models.layers import Conv
 from research.ops.pooling import adaptive_avg_pool
@@ -66,17 +75,19 @@ from research.ops.pooling import adaptive_avg_pool
 # torchvision's and the WRN authors' init: He normal over fan-out.
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
+ModuleDef = Any
 
-def _norm(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
-  # Flax momentum 0.9 is torch's momentum 0.1; torch's epsilon.
-  return nn.BatchNorm(
-    use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name
-  )
+# Flax momentum 0.9 is torch's momentum 0.1; torch's epsilon.
+BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
 
 
-def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn.Conv:
+def _norm(norm: ModuleDef | None, train: bool, dtype: Any, name: str) -> nn.Module:
+  return (norm or BatchNorm)(use_running_average=not train, dtype=dtype, name=name)
+
+
+def _conv(conv: ModuleDef, features: int, kernel: int, stride: int, dtype: Any, name: str):
   # Explicit symmetric padding k // 2, as torch: "SAME" pads asymmetrically at stride 2.
-  return Conv(
+  return conv(
     features,
     (kernel, kernel),
     strides=(stride, stride),
@@ -95,19 +106,23 @@ class BasicBlock(nn.Module):
   stride: int = 1
   base_width: int = 64  # torchvision accepts only 64 for BasicBlock.
   dtype: Any = jnp.float32
+  conv: ModuleDef = Conv
+  norm: ModuleDef | None = None
 
   expansion = 1
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
+    conv = functools.partial(_conv, self.conv, dtype=self.dtype)
+    norm = functools.partial(_norm, self.norm, train, self.dtype)
     identity = x
-    y = _conv(self.planes, 3, self.stride, self.dtype, "conv1")(x)
-    y = nn.relu(_norm(train, self.dtype, "bn1")(y))
-    y = _conv(self.planes, 3, 1, self.dtype, "conv2")(y)
-    y = _norm(train, self.dtype, "bn2")(y)
+    y = conv(self.planes, 3, self.stride, name="conv1")(x)
+    y = nn.relu(norm("bn1")(y))
+    y = conv(self.planes, 3, 1, name="conv2")(y)
+    y = norm("bn2")(y)
     if x.shape[-1] != self.planes or self.stride != 1:
-      identity = _conv(self.planes, 1, self.stride, self.dtype, "downsample.0")(x)
-      identity = _norm(train, self.dtype, "downsample.1")(identity)
+      identity = conv(self.planes, 1, self.stride, name="downsample.0")(x)
+      identity = norm("downsample.1")(identity)
     return nn.relu(y + identity)
 
 
@@ -122,23 +137,27 @@ class Bottleneck(nn.Module):
   stride: int = 1
   base_width: int = 64
   dtype: Any = jnp.float32
+  conv: ModuleDef = Conv
+  norm: ModuleDef | None = None
 
   expansion = 4
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
+    conv = functools.partial(_conv, self.conv, dtype=self.dtype)
+    norm = functools.partial(_norm, self.norm, train, self.dtype)
     width = int(self.planes * (self.base_width / 64.0))
     out_planes = self.planes * self.expansion
     identity = x
-    y = _conv(width, 1, 1, self.dtype, "conv1")(x)
-    y = nn.relu(_norm(train, self.dtype, "bn1")(y))
-    y = _conv(width, 3, self.stride, self.dtype, "conv2")(y)
-    y = nn.relu(_norm(train, self.dtype, "bn2")(y))
-    y = _conv(out_planes, 1, 1, self.dtype, "conv3")(y)
-    y = _norm(train, self.dtype, "bn3")(y)
+    y = conv(width, 1, 1, name="conv1")(x)
+    y = nn.relu(norm("bn1")(y))
+    y = conv(width, 3, self.stride, name="conv2")(y)
+    y = nn.relu(norm("bn2")(y))
+    y = conv(out_planes, 1, 1, name="conv3")(y)
+    y = norm("bn3")(y)
     if x.shape[-1] != out_planes or self.stride != 1:
-      identity = _conv(out_planes, 1, self.stride, self.dtype, "downsample.0")(x)
-      identity = _norm(train, self.dtype, "downsample.1")(identity)
+      identity = conv(out_planes, 1, self.stride, name="downsample.0")(x)
+      identity = norm("downsample.1")(identity)
     return nn.relu(y + identity)
 
 
@@ -147,6 +166,20 @@ class ResNet(nn.Module):
 
   `out`: stem (after maxpool), stage1..stage4 (after layer1..layer4),
   pre_logits [N, 8 * num_filters * expansion], logits. Any H, W >= 1.
+
+  Attributes beyond the architecture's:
+    num_classes: 0 builds the backbone: no `fc`, and `__call__` returns (None, out)
+      with out holding stem, stage1..stage4 and pre_logits.
+    conv: the conv module (flax examples' `conv: ModuleDef`), built as
+      conv(features, (k, k), strides=, padding=, use_bias=False, kernel_init=, dtype=, name=).
+    norm: the norm module, built as norm(use_running_average=not train, dtype=, name=);
+      None is torch's BatchNorm (`BatchNorm` here: momentum 0.1 in torch's sense, eps
+      1e-5). Detectors pass `research.models.norms.FrozenBatchNorm`.
+    dtype: the computation dtype (bfloat16 for mixed precision); parameters and batch
+      statistics stay float32, the logits are in dtype.
+
+  `feature_strides`: {name: stride} of the maps in `out`, C2..C5 as torchvision's
+  detection backbones use them: stem 4, stage1 4, stage2 8, stage3 16, stage4 32.
   """
 
   stage_sizes: Sequence[int]
@@ -156,14 +189,23 @@ class ResNet(nn.Module):
   base_width: int = 64
   in_channels: int = 3
   dtype: Any = jnp.float32
+  conv: ModuleDef = Conv
+  norm: ModuleDef | None = None
+
+  @property
+  def feature_strides(self) -> dict[str, int]:
+    """{name: stride in input pixels} of the spatial maps in `out`."""
+    return {"stem": 4} | {f"stage{i + 1}": 4 * 2**i for i in range(len(self.stage_sizes))}
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
-    check_images(x, model=type(self).__name__, channels=self.in_channels, min_size=1)
+    name = type(self).__name__
+    check_num_classes(self.num_classes, name)
+    check_images(x, model=name, channels=self.in_channels, min_size=1)
     out = {}
     x = x.astype(self.dtype)
-    x = _conv(self.num_filters, 7, 2, self.dtype, "conv1")(x)
-    x = nn.relu(_norm(train, self.dtype, "bn1")(x))
+    x = _conv(self.conv, self.num_filters, 7, 2, self.dtype, "conv1")(x)
+    x = nn.relu(_norm(self.norm, train, self.dtype, "bn1")(x))
     # Flax's max pool, not research.ops.pooling.max_pool: the latter's traced
     # init value makes reduce_window non-differentiable under jit. Both pad with -inf.
     x = out["stem"] = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
@@ -174,10 +216,14 @@ class ResNet(nn.Module):
           stride=2 if i > 0 and j == 0 else 1,
           base_width=self.base_width,
           dtype=self.dtype,
+          conv=self.conv,
+          norm=self.norm,
           name=f"layer{i + 1}.{j}",
         )(x, train=train)
       out[f"stage{i + 1}"] = x
     x = out["pre_logits"] = adaptive_avg_pool(x, 1).reshape(x.shape[0], -1)
+    if not self.num_classes:
+      return None, out
     logits = out["logits"] = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
     return logits, out
 
@@ -205,17 +251,21 @@ class WideBasicBlock(nn.Module):
   stride: int = 1
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
+  conv: ModuleDef = Conv
+  norm: ModuleDef | None = None
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
+    conv = functools.partial(_conv, self.conv, dtype=self.dtype)
+    norm = functools.partial(_norm, self.norm, train, self.dtype)
     project = x.shape[-1] != self.planes or self.stride != 1
-    y = nn.relu(_norm(train, self.dtype, "bn1")(x))
+    y = nn.relu(norm("bn1")(x))
     # Where the shape changes the shortcut conv shares the activated input.
-    shortcut = _conv(self.planes, 1, self.stride, self.dtype, "shortcut")(y) if project else x
-    y = _conv(self.planes, 3, self.stride, self.dtype, "conv1")(y)
-    y = nn.relu(_norm(train, self.dtype, "bn2")(y))
+    shortcut = conv(self.planes, 1, self.stride, name="shortcut")(y) if project else x
+    y = conv(self.planes, 3, self.stride, name="conv1")(y)
+    y = nn.relu(norm("bn2")(y))
     y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
-    y = _conv(self.planes, 3, 1, self.dtype, "conv2")(y)
+    y = conv(self.planes, 3, 1, name="conv2")(y)
     return y + shortcut
 
 
@@ -226,6 +276,10 @@ class WideResNet(nn.Module):
   1, 2, 4), pre_logits [N, 64k], logits. Made for 32x32; any H, W >= 1 works.
   Dropout (rate `dropout_rate`, the paper's 0.3) needs an rng "dropout" when
   train=True. depth must be 6n + 4, else ValueError.
+
+  num_classes 0 builds no `fc` and returns (None, out) (the final bn is kept: it belongs
+  to the pre-activation trunk); conv, norm and dtype as ResNet's. `feature_strides`:
+  stem 1, stage1 1, stage2 2, stage3 4.
   """
 
   depth: int = 28
@@ -234,6 +288,13 @@ class WideResNet(nn.Module):
   num_classes: int = 10
   in_channels: int = 3
   dtype: Any = jnp.float32
+  conv: ModuleDef = Conv
+  norm: ModuleDef | None = None
+
+  @property
+  def feature_strides(self) -> dict[str, int]:
+    """{name: stride in input pixels} of the spatial maps in `out`."""
+    return {"stem": 1, "stage1": 1, "stage2": 2, "stage3": 4}
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
@@ -243,11 +304,12 @@ class WideResNet(nn.Module):
         f"{name}: depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 40, ...); "
         f"received depth={self.depth}."
       )
+    check_num_classes(self.num_classes, name)
     check_images(x, model=name, channels=self.in_channels, min_size=1)
     n = (self.depth - 4) // 6
     out = {}
     x = x.astype(self.dtype)
-    x = out["stem"] = _conv(16, 3, 1, self.dtype, "conv1")(x)
+    x = out["stem"] = _conv(self.conv, 16, 3, 1, self.dtype, "conv1")(x)
     for i, width in enumerate((16, 32, 64)):
       for j in range(n):
         x = WideBasicBlock(
@@ -255,11 +317,15 @@ class WideResNet(nn.Module):
           stride=2 if i > 0 and j == 0 else 1,
           dropout_rate=self.dropout_rate,
           dtype=self.dtype,
+          conv=self.conv,
+          norm=self.norm,
           name=f"layer{i + 1}.{j}",
         )(x, train=train)
       out[f"stage{i + 1}"] = x
-    x = nn.relu(_norm(train, self.dtype, "bn")(x))
+    x = nn.relu(_norm(self.norm, train, self.dtype, "bn")(x))
     x = out["pre_logits"] = x.mean(axis=(1, 2))
+    if not self.num_classes:
+      return None, out
     logits = out["logits"] = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
     return logits, out
 

@@ -36,6 +36,16 @@ linear layers.
 variants,) relu1_1, conv1_2, ..., pool1, ..., conv5_3, relu5_3, pool5, avgpool,
 fc6, relu6, fc7, relu7, pre_logits (the input of the last linear layer:
 relu7 after dropout) and logits (fc8), as in AlexNet and ZFNet.
+
+Backbones: `num_classes=0` builds torchvision's `features` only (no avgpool, no
+`classifier.*` layers: fc6, fc7 and fc8 are all the classifier) and `__call__` returns
+(None, out), out holding every conv, bn, relu and pool. `feature_strides` gives the
+stride of each: 2**(b - 1) for block b's convs (conv4_3/relu4_3 8, conv5_3/relu5_3 16),
+2**b for pool b (pool5 32). `conv` and `norm` are module arguments (flax's
+examples/imagenet style); `norm` (None: torch's BatchNorm) is used by the `_BN` variants
+only, e.g. `VGG16_BN(num_classes=0, norm=research.models.norms.FrozenBatchNorm)`. With
+`dtype=jnp.bfloat16` the layers compute in bfloat16; parameters and batch statistics stay
+float32.
 """
 
 from __future__ import annotations
@@ -47,6 +57,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from research.models import check_num_classes
 from research.models.alexnet import flatten_chw
 from research.models.inputs import check_images
 from research.models.layers import Conv
@@ -67,13 +78,20 @@ CONFIGS = {
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 _dense_init = nn.initializers.normal(0.01)
 
+ModuleDef = Any
+# Flax momentum 0.9 is torch's momentum 0.1; torch's epsilon.
+BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
+
 
 class VGG(nn.Module):
   """VGG. `__call__(x [N, H, W, 3], H, W >= 2**pools) -> (logits [N, num_classes], out)`.
 
   cfg: filters of each conv, "M" for a max pool (CONFIGS, or a small one for
   tests). batch_norm: BatchNorm after each conv. hidden: width of fc6 and fc7
-  (4096 in the paper).
+  (4096 in the paper). num_classes 0: the features only, returning (None, out).
+  conv: built as conv(features, (3, 3), padding=1, kernel_init=, dtype=, name=).
+  norm: with batch_norm, built as norm(use_running_average=not train, dtype=, name=);
+  None is torch's BatchNorm.
   """
 
   cfg: Sequence[int | str] = CONFIGS["D"]
@@ -83,6 +101,22 @@ class VGG(nn.Module):
   hidden: int = 4096
   dropout_rate: float = 0.5
   dtype: Any = jnp.float32
+  conv: ModuleDef = Conv
+  norm: ModuleDef | None = None
+
+  @property
+  def feature_strides(self) -> dict[str, int]:
+    """{name: stride in input pixels} of the spatial maps in `out` (avgpool excluded)."""
+    strides, block, conv = {}, 1, 1
+    for v in self.cfg:
+      if v == "M":
+        strides[f"pool{block}"] = 2**block
+        block, conv = block + 1, 1
+        continue
+      kinds = ("conv", "bn", "relu") if self.batch_norm else ("conv", "relu")
+      strides |= {f"{kind}{block}_{conv}": 2 ** (block - 1) for kind in kinds}
+      conv += 1
+    return strides
 
   @property
   def model_name(self) -> str:
@@ -93,6 +127,12 @@ class VGG(nn.Module):
   def __call__(self, x, *, train: bool = False):
     # Each pool halves the map (floor), so 2**pools pixels leave one after the last.
     min_size = 2 ** sum(v == "M" for v in self.cfg)
+    check_num_classes(self.num_classes, self.model_name)
+    if self.norm is not None and not self.batch_norm:
+      raise ValueError(
+        f"{self.model_name}: norm is used only with batch_norm=True (the _BN variants); "
+        f"received norm={self.norm!r} with batch_norm=False."
+      )
     check_images(x, model=self.model_name, channels=self.in_channels, min_size=min_size)
     out = {}
     x = x.astype(self.dtype)
@@ -104,21 +144,19 @@ class VGG(nn.Module):
         index, block, conv = index + 1, block + 1, 1
         continue
       name = f"{block}_{conv}"
-      x = out[f"conv{name}"] = Conv(
+      x = out[f"conv{name}"] = self.conv(
         v, (3, 3), padding=1, kernel_init=_conv_init, dtype=self.dtype, name=f"features.{index}"
       )(x)
       index += 1
       if self.batch_norm:
-        x = out[f"bn{name}"] = nn.BatchNorm(
-          use_running_average=not train,
-          momentum=0.9,  # torch's momentum 0.1
-          epsilon=1e-5,
-          dtype=self.dtype,
-          name=f"features.{index}",
+        x = out[f"bn{name}"] = (self.norm or BatchNorm)(
+          use_running_average=not train, dtype=self.dtype, name=f"features.{index}"
         )(x)
         index += 1
       x = out[f"relu{name}"] = nn.relu(x)
       index, conv = index + 1, conv + 1
+    if not self.num_classes:
+      return None, out
     x = out["avgpool"] = adaptive_avg_pool(x, 7)
     x = flatten_chw(x)
     dense = functools.partial(nn.Dense, kernel_init=_dense_init, dtype=self.dtype)

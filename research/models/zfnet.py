@@ -42,6 +42,13 @@ weights in that layout would convert with `research.convert.torchvision`.
 `out` names every layer: conv1, relu1, pool1, norm1, conv2, relu2, pool2,
 norm2, conv3, relu3, conv4, relu4, conv5, relu5, pool5, avgpool, fc6, relu6,
 fc7, relu7, pre_logits (= relu7) and logits (fc8), as in AlexNet and VGG.
+
+Backbone: `num_classes=0` builds the conv layers only (no avgpool, no `classifier.*`) and
+`__call__` returns (None, out), out holding conv1 .. pool5. `feature_strides`: conv1/relu1
+(and bn1) 2, pool1/norm1 4, conv2/relu2 8, pool2/norm2 16, conv3-5/relu3-5 16, pool5 32.
+With `dtype=jnp.bfloat16` convs, dense layers and pools compute in bfloat16 and the
+contrast normalization in float32 (in bfloat16, k + alpha / size * sum would round to k);
+parameters and batch statistics stay float32.
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ import jax
 import jax.numpy as jnp
 
 from research.models.alexnet import flatten_chw
+from research.models import check_num_classes
 from research.models.inputs import check_images
 from research.models.layers import Conv
 from research.ops.pooling import adaptive_avg_pool
@@ -69,13 +77,15 @@ def local_response_norm(x, *, size=5, alpha=1e-4, beta=0.75, k=2.0) -> jax.Array
   with c' over the `size` channels centred on c (c - size // 2 .. c + (size - 1) // 2),
   channels beyond the edges counting as zeros.
 
-  x: [..., C] (channels last). Returns the same shape.
+  x: [..., C] (channels last). Returns the same shape and dtype, computed in float32 at
+  least: in bfloat16, k + alpha / size * sum rounds to k for all but large activations.
   """
+  dtype, x = x.dtype, x.astype(jnp.promote_types(x.dtype, jnp.float32))
   channels = x.shape[-1]
   pad = [(0, 0)] * (x.ndim - 1) + [(size // 2, (size - 1) // 2)]
   squares = jnp.pad(jnp.square(x), pad)
   sums = sum(squares[..., i : i + channels] for i in range(size))
-  return x / (k + alpha / size * sums) ** beta
+  return (x / (k + alpha / size * sums) ** beta).astype(dtype)
 
 
 class ZFNet(nn.Module):
@@ -86,7 +96,8 @@ class ZFNet(nn.Module):
   model for small data sets and tests. `batch_norm` puts batch normalization
   ("bn1".."bn5") between each conv and its ReLU in place of the contrast
   normalizations, as VGG's _BN variants do: not in the paper, it lets a small
-  ZFNet train in minutes on a CPU.
+  ZFNet train in minutes on a CPU. num_classes 0: the conv layers only, returning
+  (None, out).
   """
 
   num_classes: int = 1000
@@ -97,8 +108,22 @@ class ZFNet(nn.Module):
   dropout_rate: float = 0.5
   dtype: Any = jnp.float32
 
+  @property
+  def feature_strides(self) -> dict[str, int]:
+    """{name: stride in input pixels} of the spatial maps in `out` (avgpool excluded)."""
+    strides = {}
+    for i, stride, pool in ((1, 2, 4), (2, 8, 16), (3, 16, None), (4, 16, None), (5, 16, 32)):
+      kinds = ("conv", "bn", "relu") if self.batch_norm else ("conv", "relu")
+      strides |= {f"{kind}{i}": stride for kind in kinds}
+      if pool:
+        strides[f"pool{i}"] = pool
+        if i < 3 and not self.batch_norm:
+          strides[f"norm{i}"] = pool
+    return strides
+
   @nn.compact
   def __call__(self, x, *, train: bool = False):
+    check_num_classes(self.num_classes, "ZFNet")
     check_images(x, model="ZFNet", channels=self.in_channels, min_size=MIN_SIZE)
     out = {}
     x = x.astype(self.dtype)
@@ -137,6 +162,8 @@ class ZFNet(nn.Module):
         )
       if normed and not self.batch_norm:
         x = out[f"norm{i}"] = local_response_norm(x)
+    if not self.num_classes:
+      return None, out
     x = out["avgpool"] = adaptive_avg_pool(x, 6)
     x = flatten_chw(x)
     x = nn.Dropout(self.dropout_rate, deterministic=not train, name="classifier.0")(x)
