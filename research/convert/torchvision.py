@@ -103,9 +103,7 @@ def abstract_variables(model: nn.Module, input_shape=None, *, inputs=None) -> di
     if input_shape is None:
       raise ValueError("abstract_variables: give input_shape [N, H, W, C] or inputs.")
     inputs = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
-  return jax.eval_shape(
-    lambda: model.init(jax.random.PRNGKey(0), _zeros_like(inputs), train=False)
-  )
+  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), _zeros_like(inputs), train=False))
 
 
 def convert(

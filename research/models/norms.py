@@ -46,10 +46,11 @@ class FrozenBatchNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    features = x.shape[-1]
-    stat = lambda name, init: self.variable(  # noqa: E731
-      "batch_stats", name, lambda: init((features,), jnp.float32)
-    ).value
+    shape = (x.shape[-1],)
+
+    def stat(name, init):
+      return self.variable("batch_stats", name, lambda: init(shape, jnp.float32)).value
+
     scale, bias = stat("scale", jnp.ones), stat("bias", jnp.zeros)
     mean, var = stat("mean", jnp.zeros), stat("var", jnp.ones)
     # torchvision folds the four arrays into one multiply-add, as here.

@@ -59,8 +59,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.models.alexnet import flatten_chw
 from research.models import check_num_classes
+from research.models.alexnet import flatten_chw
 from research.models.inputs import check_images
 from research.models.layers import Conv
 from research.ops.pooling import adaptive_avg_pool
