@@ -27,6 +27,8 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
+from research.ops.conv import _pair
+
 __all__ = [
   "top_activations_grid",
   "occlusion_panels",
@@ -252,15 +254,6 @@ def top_activations_grid(tops: dict, path, *, max_maps: int = 8, title: str | No
 # --- ZF Fig. 7 ----------------------------------------------------------------------------------
 
 
-def _pair(value, fn: str, name: str) -> tuple[int, int]:
-  pair = (value, value) if np.ndim(value) == 0 else tuple(value)
-  if len(pair) != 2 or not all(isinstance(v, int | np.integer) and v > 0 for v in pair):
-    raise ValueError(
-      f"{fn}: {name} must be a positive int or a pair (rows, cols); received {value!r}."
-    )
-  return int(pair[0]), int(pair[1])
-
-
 def _map_extent(rows: np.ndarray, cols: np.ndarray, patch: tuple[int, int]) -> tuple:
   """The imshow extent that puts each map cell at its occluder's centre r + ph/2, c + pw/2,
   each cell one stride wide (the patch size when there is a single position)."""
@@ -340,7 +333,7 @@ def occlusion_panels(
   _same_length(fn, "maps_list", maps_list, n)
   labels = _labels(labels, n, fn)
   boxes = _boxes(boxes, n, fn, "boxes")
-  patch = _pair(patch, fn, "patch")
+  patch = _pair(patch, "patch", fn, positive=True)
   for i, maps in enumerate(maps_list):
     for key in ("probability", "top_class", "rows", "cols"):
       if key not in maps:

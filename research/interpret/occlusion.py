@@ -24,13 +24,7 @@ from tqdm.auto import tqdm
 
 from research.interpret import graph, incremental
 from research.interpret.checks import check_image, check_label
-
-
-def _pair(value, name: str) -> tuple[int, int]:
-  pair = (value, value) if np.ndim(value) == 0 else tuple(value)
-  if len(pair) != 2 or not all(isinstance(v, int | np.integer) and v > 0 for v in pair):
-    raise ValueError(f"{name}: expected a positive int or a pair of them, got {value!r}.")
-  return int(pair[0]), int(pair[1])
+from research.ops.conv import _pair
 
 
 def positions(image_size, patch, stride) -> tuple[np.ndarray, np.ndarray]:
@@ -39,8 +33,8 @@ def positions(image_size, patch, stride) -> tuple[np.ndarray, np.ndarray]:
   image_size, patch, stride: (rows, cols). Returns (rows [Ph], cols [Pw]).
   """
   h, w = image_size
-  ph, pw = _pair(patch, "patch")
-  sh, sw = _pair(stride, "stride")
+  ph, pw = _pair(patch, "patch", positive=True)
+  sh, sw = _pair(stride, "stride", positive=True)
   if ph > h or pw > w:
     raise ValueError(f"patch: expected at most the image size {(h, w)}, got {(ph, pw)}.")
   return np.arange(0, h - ph + 1, sh), np.arange(0, w - pw + 1, sw)
@@ -128,7 +122,7 @@ def occlusion(
   check_image(image, fn="occlusion")
   image = jnp.asarray(image)
   rows, cols = positions(image.shape[:2], patch, stride)
-  patch = _pair(patch, "patch")
+  patch = _pair(patch, "patch", positive=True)
   if chunk_size < 1:
     raise ValueError(f"chunk_size: expected a positive int, got {chunk_size}.")
   closed, num_classes = _program(model_fn, image, layer)
@@ -179,7 +173,7 @@ def attribution(maps: dict, image_size, patch) -> np.ndarray:
 
   Returns [H, W].
   """
-  ph, pw = _pair(patch, "patch")
+  ph, pw = _pair(patch, "patch", positive=True)
   total = np.zeros(image_size, np.float64)
   count = np.zeros(image_size, np.float64)
   drop = maps["clean_probability"] - maps["probability"]

@@ -51,8 +51,20 @@ def _as_int(value, name: str, fn: str) -> int:
     ) from None
 
 
-def _pair(value, name: str, fn: str) -> tuple[int, int]:
-  """An int or a (rows, cols) pair -> a pair of ints."""
+def _pair(value, name: str, fn: str | None = None, *, positive: bool = False) -> tuple[int, int]:
+  """An int or a (rows, cols) pair -> a pair of ints; the one parser of strides, paddings,
+  windows and patch sizes in research.ops and research.interpret.
+
+  positive=False (ops' strides and paddings, whose ranges the caller checks): a pair is a
+  tuple or list. positive=True (occluder patches and strides): a pair may also be an array,
+  and every entry must be >= 1.
+  """
+  if positive:
+    pair = (value, value) if np.ndim(value) == 0 else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, int | np.integer) and v > 0 for v in pair):
+      prefix = f"{fn}: " if fn else ""
+      raise ValueError(f"{prefix}{name}: expected a positive int or a pair of them, got {value!r}.")
+    return int(pair[0]), int(pair[1])
   if isinstance(value, (tuple, list)):
     if len(value) != 2:
       raise ValueError(f"{fn}: {name} must be an int or a pair (rows, cols), got {value!r}")

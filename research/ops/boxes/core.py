@@ -16,6 +16,8 @@ BBOX_XFORM_CLIP = math.log(1000.0 / 16)
 
 
 def _is_concrete(x) -> bool:
+  """False for a value traced by jit, vmap or grad, whose numbers the host cannot check; the
+  value checks of research.ops (boxes, rois, NMS scores) run only on concrete inputs."""
   return not isinstance(x, jax.core.Tracer)
 
 

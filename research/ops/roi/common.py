@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from research.ops.boxes.core import _is_concrete
 from research.ops.conv import _pair
 
 # Output elements per chunk of rois: about 1 MB of float32, a CPU cache's worth.
 _CHUNK_ELEMENTS = 1 << 18
-
-
-def _is_concrete(x) -> bool:
-  return not isinstance(x, jax.core.Tracer)
 
 
 def check_rois(rois, num_images: int, *, fn: str = "check_rois") -> np.ndarray | None:
