@@ -56,9 +56,7 @@ def imagenet_sgd(
     c.optimizer.boundaries = tuple(e / epochs for e in decay_epochs)
   else:
     c.optimizer.schedule = "exponential"
-    c.optimizer.decay_every_steps = epochs_to_steps(
-      decay_every_epochs, IMAGENET_TRAIN, batch_size
-    )
+    c.optimizer.decay_every_steps = epochs_to_steps(decay_every_epochs, IMAGENET_TRAIN, batch_size)
 
 
 def torchvision_resnet_recipe(c: ConfigDict) -> None:
@@ -125,8 +123,12 @@ def runlocal_digits(c: ConfigDict, *, upscale: int = 1, steps: int) -> None:
 def base() -> ConfigDict:
   """model, data, input transforms, steps, optimizer: every key the loop reads."""
   c = ConfigDict()
+  c.task = "classification"  # research.train.tasks.<task>
   c.model = "lenet.LeNet5"
   c.model_kwargs = ConfigDict()
+  c.dtype = "float32"  # or "bfloat16": the models' computation type
+  # Pretrained weights (research.train.init): a run's workdir or a torchvision .pth file.
+  c.init = ConfigDict({"path": "", "source_prefix": "", "target_prefix": "", "exclude": ()})
   c.loss = "classification"
   c.dataset = "mnist5k"
   c.data_dir = config_dict.placeholder(str)
@@ -169,6 +171,10 @@ def base() -> ConfigDict:
   c.optimizer.decay_factor = 0.1
   c.optimizer.decay_every_steps = 1
   c.optimizer.max_filter_rms = config_dict.placeholder(float)
+  # The recipes below were measured with weight decay on every parameter (the library's
+  # default is "kernels": none on biases and normalization scales).
+  c.optimizer.weight_decay_on = "all"
+  c.optimizer.clip_global_norm = 0.0
   return c
 
 

@@ -8,7 +8,8 @@ import pytest
 
 from research import models
 from research.data import datasets
-from research.train import classification, loop, optimizers
+from research.train import loop, optimizers
+from research.train.tasks import classification
 from tests.conftest import ROOT
 
 MODULES = sorted(

@@ -17,6 +17,7 @@ from experiments import (
   zfnet_occlusion,
 )
 from research.train import loop
+from research.train.tasks import classification
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def _model_and_variables(config, workdir):
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
   _, state, _ = ckpt.restore_latest(abstract)
   ckpt.close()
-  transform = loop._input_fns(config, spec.num_classes)[0]
+  transform = classification.input_fns(config, spec.num_classes).transform
   return model, {"params": state.params, "batch_stats": state.batch_stats}, transform
 
 

@@ -1,4 +1,11 @@
-"""The training loop: one readable function from a config to `results.json`.
+"""The training loop: one readable function from a config to `results.json`, for every task.
+
+`config.task` (default "classification") names the module of `research.train.tasks`
+that supplies what differs per task: transforms, loss, the model's extra arguments,
+evaluators (`config.evals`) and figures. `config.init` loads pretrained weights
+(`research.train.init`), `config.optimizer.groups` freezes or rescales parameter groups
+(`research.train.optimizers`), and `config.dtype` ("float32" or "bfloat16") is the
+models' computation type: parameters, batch statistics and losses stay float32.
 
 A run writes into its workdir: config.json, metrics.jsonl, tensorboard/,
 checkpoints/ (state and input-iterator position), figures/*.png and
@@ -20,18 +27,18 @@ import tempfile
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 from tqdm.auto import tqdm
 
 from research import models
-from research.data import crops, datasets, pipeline, transforms
-from research.evaluate import classification as evaluate
-from research.train import classification, optimizers, steps
+from research.data import datasets, pipeline
+from research.train import evaluators, init, optimizers, steps, tasks
 from research.train.checkpoints import Checkpointer
 from research.train.parallel import DataParallel
 from research.train.state import create_train_state, param_count, param_fingerprint
-from research.train.writer import MetricWriter, read_metrics
+from research.train.writer import MetricWriter
 
 log = logging.getLogger(__name__)
 
@@ -96,65 +103,36 @@ def _first_nonfinite(pending: list) -> tuple[int, float] | None:
   return None
 
 
-def _input_fns(config: ConfigDict, num_classes: int):
-  """The batch transform and the random (training-only) transform that `config.input` describes."""
-  c = config.input
-  optional = lambda key: tuple(c[key]) if c.get(key) is not None else None
-  transform = transforms.ClassificationTransform(
-    num_classes=num_classes,
-    pad=c.get("pad", 0),
-    value_range=tuple(c.get("value_range", (0.0, 1.0))),
-    mean=optional("mean"),
-    std=optional("std"),
-    channels=c.get("channels"),
-    upscale=c.get("upscale", 1),
-  )
-  randoms = []
-  if c.get("random_shift", 0):
-    randoms.append(transforms.RandomShift(c.random_shift, fill=transform.background))
-  if c.get("random_flip", False):
-    randoms.append(transforms.RandomFlip())
-  if c.get("pca_lighting", 0.0):
-    randoms.append(crops.PCALighting(c.pca_lighting, std=tuple(c.get("std") or (1.0,) * 3)))
-  if c.get("noise_std", 0.0):
-    randoms.append(transforms.GaussianNoise(c.noise_std, c.get("noise_probability", 1.0)))
-  random_transform = transforms.Chain(tuple(randoms)) if randoms else None
-  train_crop, eval_crop = _crops(c)
-  return transform, random_transform, train_crop, eval_crop
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def _crops(c: ConfigDict):
-  """(train record transform, eval record transform) for photographs of varying size."""
-  kind = c.get("crop", "none")
-  if kind == "none":
-    return None, None
-  size, resize = c.get("crop_size", 224), c.get("resize", 256)
-  eval_crop = crops.ResizeCenterCrop(size, resize)
-  if kind == "random_resized":
-    return crops.RandomResizedCrop(size), eval_crop
-  if kind == "scale_jitter":
-    s_min, s_max = c.get("scale_range", (resize, resize))
-    return crops.ScaleJitterCrop(size, s_min, s_max), eval_crop
-  raise ValueError(
-    f"input.crop: expected one of ['none', 'random_resized', 'scale_jitter']; received {kind!r}."
-  )
+def _has_init(config: ConfigDict) -> bool:
+  """Whether `config.init` names weights (a path string, or an entry with a `path`)."""
+  spec = config.get("init")
+  return bool(spec) and (isinstance(spec, str) or bool(spec.get("path")))
 
 
-def evaluate_split(config, state, eval_fn, parallel, source, transform, crop=None) -> dict:
-  """Accuracy and loss over every record of `source` (the whole split)."""
-  totals = None
-  for batch in pipeline.eval_batches(
-    source, global_batch_size=config.eval_batch_size, transform=transform, record_transform=crop
-  ):
-    sums = eval_fn(state, parallel.put_batch(batch))
-    totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
-  return evaluate.summarize(parallel.single(totals))
+def build_model(config: ConfigDict, num_classes: int):
+  """`config.model` with `num_classes`, `config.model_kwargs` and the `config.dtype`."""
+  dtype = config.get("dtype", "float32")
+  if dtype not in DTYPES:
+    raise ValueError(f"dtype: expected one of {sorted(DTYPES)}; received {dtype!r}.")
+  cls = models.resolve(config.model)
+  kwargs = dict(config.get("model_kwargs", {}))
+  fields = getattr(getattr(cls, "func", cls), "__dataclass_fields__", {})
+  if dtype != "float32":
+    if "dtype" not in fields:
+      raise ValueError(f"dtype: {config.model} has no dtype argument; received dtype={dtype!r}.")
+    kwargs["dtype"] = DTYPES[dtype]
+  return cls(num_classes=num_classes, **kwargs)
 
 
 def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
-  """Trains `config.model` on `config.dataset`, evaluates, and returns results.json's dict."""
+  """Trains `config.model` on `config.dataset` for `config.task`, evaluates, and returns
+  results.json's dict."""
   start = time.time()
   check_steps(config)
+  task = tasks.resolve(config.get("task", "classification"))
   workdir = check_workdir(workdir)
   is_main = jax.process_index() == 0
   if is_main:
@@ -163,33 +141,61 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
 
   spec = datasets.get_spec(config.dataset)
   num_classes = config.get("num_classes") or spec.num_classes
-  model = models.resolve(config.model)(num_classes=num_classes, **config.get("model_kwargs", {}))
+  model = build_model(config, num_classes)
   parallel = DataParallel(config.parallelism)
   parallel.check_batch_size(config.batch_size)
   parallel.check_batch_size(config.eval_batch_size, "eval_batch_size")
-  transform, random_transform, train_crop, eval_crop = _input_fns(config, num_classes)
-  loss_fn = classification.resolve_loss(config.get("loss", "classification"))
-  train_source = datasets.data_source(config.dataset, spec.train_split, data_dir=config.data_dir)
-  test_source = datasets.data_source(config.dataset, spec.test_split, data_dir=config.data_dir)
+  inputs = task.input_fns(config, num_classes)
+  loss_fn = task.loss_fn(config)
+  sources = lambda split: datasets.data_source(config.dataset, split, data_dir=config.data_dir)
+  train_source = sources(spec.train_split)
   train_iter = pipeline.train_iterator(
     train_source,
     global_batch_size=config.batch_size,
     seed=config.seed,
-    transform=transform,
-    random_transform=random_transform,
-    record_transform=train_crop,
+    transform=inputs.transform,
+    random_transform=inputs.random_transform,
+    record_transform=inputs.train_record,
+  )
+  evals = evaluators.build(
+    config.get("evals") or task.default_evals(config),
+    task.EVALUATORS,
+    evaluators.Context(
+      model=model,
+      parallel=parallel,
+      sources=sources,
+      transform=inputs.transform,
+      eval_record=inputs.eval_record,
+      model_kwargs=task.model_kwargs,
+      eval_batch_size=config.eval_batch_size,
+      num_classes=num_classes,
+      workdir=workdir,
+      train_split=spec.train_split,
+      test_split=spec.test_split,
+    ),
+    task.__name__.rpartition(".")[2],
   )
 
   tx = optimizers.make_optimizer(config.optimizer, config.total_steps)
   schedule = optimizers.make_schedule(config.optimizer, config.total_steps)
-  first = eval_crop(train_source[0]) if eval_crop else train_source[0]
-  input_shape = transform({k: np.asarray(v)[None] for k, v in first.items()})["image"].shape
+  first = inputs.eval_record(train_source[0]) if inputs.eval_record else train_source[0]
+  input_shape = inputs.transform({k: np.asarray(v)[None] for k, v in first.items()})["image"].shape
   state = create_train_state(model, tx, seed=config.seed, input_shape=input_shape)
   checkpointer = Checkpointer(
     os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints
   )
   restored = checkpointer.restore_latest(parallel.abstract_state(state))
   if restored is None:
+    if _has_init(config):
+      variables, _ = init.load(
+        config.init, {"params": state.params, "batch_stats": state.batch_stats}
+      )
+      params = variables["params"]
+      state = state.replace(
+        params=params,
+        batch_stats=variables.get("batch_stats", state.batch_stats),
+        opt_state=tx.init(params),
+      )
     state = parallel.put_state(state)
     first_step = 0
   else:
@@ -202,9 +208,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     steps.train_step,
     model=model,
     loss_fn=loss_fn,
+    model_kwargs=task.model_kwargs,
     input_gradient_penalty=float(config.get("input_gradient_penalty", 0.0)),
   )
-  eval_fn = parallel.compile_eval(steps.eval_step, model=model, metrics_fn=evaluate.eval_counts)
   writer = MetricWriter(workdir, resume_step=first_step)
   pending, last_log, last_time = [], first_step, time.time()
   bar = tqdm(
@@ -239,12 +245,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
         bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{values['images_per_second']:.0f}")
         bar.update(step - bar.n)
         pending, last_log, last_time = [], step, now
-      if config.eval_every_steps and step % config.eval_every_steps == 0:
-        writer.write(
-          step,
-          "test",
-          evaluate_split(config, state, eval_fn, parallel, test_source, transform, eval_crop),
-        )
+      for evaluator in evals:
+        if evaluator.due(step) and step != config.total_steps:
+          writer.write(step, evaluator.name, evaluator.run(state, final=False))
       if step % config.checkpoint_every_steps == 0 or step == config.total_steps:
         check_finite()
         pending = []
@@ -253,13 +256,16 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     bar.close()
     writer.flush()
 
-  test = evaluate_split(config, state, eval_fn, parallel, test_source, transform, eval_crop)
-  writer.write(config.total_steps, "test", test)
+  final = {}
+  for evaluator in evals:
+    values = evaluator.run(state, final=True)
+    writer.write(config.total_steps, evaluator.name, values)
+    final.update(values)
   writer.close()
   checkpointer.close()
   params = parallel.single(state.params)
   results = {
-    **test,
+    **final,
     "wall_seconds": time.time() - start,
     "param_fingerprint": param_fingerprint(params),
     "param_count": param_count(params),
@@ -272,37 +278,10 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     variables = {"params": params}
     if state.batch_stats:
       variables["batch_stats"] = parallel.single(state.batch_stats)
-    results.update(analyze(model, variables, config, workdir, transform))
+    results.update(analyze(model, variables, config, workdir, inputs.transform))
     results["wall_seconds"] = time.time() - start
   if is_main:
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(results, f, indent=2)
-    plot_learning_curves(workdir)
+    task.figures(workdir)
   return results
-
-
-def plot_learning_curves(workdir: str) -> str:
-  """figures/learning_curves.png: train loss and test accuracy against steps."""
-  # A bare Figure, not pyplot: no global backend switch, so notebooks keep inline plots.
-  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
-
-  rows = read_metrics(workdir)
-  train = [r for r in rows if r["split"] == "train"]
-  test = [r for r in rows if r["split"] == "test"]
-  fig = Figure(figsize=(9, 3.5))
-  ax1, ax2 = fig.subplots(1, 2)
-  ax1.plot([r["step"] for r in train], [r["loss"] for r in train], label="train")
-  if test:
-    ax1.plot([r["step"] for r in test], [r["test_loss"] for r in test], "o-", label="test")
-  ax1.set(xlabel="step", ylabel="cross-entropy", title="loss")
-  ax1.legend()
-  ax2.plot([r["step"] for r in train], [r["accuracy"] for r in train], label="train (batch)")
-  if test:
-    ax2.plot([r["step"] for r in test], [r["test_accuracy"] for r in test], "o-", label="test")
-  ax2.set(xlabel="step", ylabel="accuracy", title="accuracy")
-  ax2.legend()
-  fig.tight_layout()
-  path = os.path.join(workdir, "figures", "learning_curves.png")
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fig.savefig(path, dpi=120)
-  return path

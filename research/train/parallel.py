@@ -92,6 +92,18 @@ class DataParallel:
     """A state restored from `abstract_state` -> placed for training."""
     return self.put_state(state) if self.mode == "pmap" else state
 
+  def rows(self, tree) -> dict:
+    """Host numpy [B_global, ...] of per-example outputs of a compiled eval step, the rows of
+    every process in global batch order."""
+    if self.mode == "jit":
+      return self.single(tree)  # compile_eval replicates its outputs: every row is here.
+    local = jax.device_get(jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), tree))
+    if jax.process_count() == 1:
+      return local
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
+    return multihost_utils.process_allgather(local, tiled=True)
+
   def single(self, tree):
     """Host numpy values of one replica of a replicated tree (state or metrics)."""
     if self.mode == "pmap":

@@ -1,5 +1,11 @@
 """Pure train and eval steps. Callers compile them with `jax.jit` or `jax.pmap`.
 
+The model is called as `model.apply(variables, batch["image"], train=...,
+**model_kwargs(batch, train=...))`: a task passes what else its model needs (a
+detector's ground truth in training). Training gives the model two random streams,
+"dropout" and "sample" (RoI sampling, say), both derived from (state.rng, step) only,
+so a resumed run and every parallel layout draw the same numbers.
+
 Under pmap pass `axis_name="batch"`: gradients, batch statistics and metrics
 are then averaged across devices with `lax.pmean`, so every replica applies
 the same update. Under jit with sharded inputs, XLA inserts the same
@@ -20,12 +26,43 @@ from research.train.state import TrainState
 LossFn = Callable[..., dict]
 
 
+def no_model_kwargs(batch: dict, *, train: bool) -> dict:
+  """The classifiers' extra model arguments: none."""
+  del batch, train
+  return {}
+
+
+def step_rngs(rng: jnp.ndarray, step: jnp.ndarray) -> dict:
+  """{"dropout", "sample"} keys of one step, functions of (rng, step) only.
+
+  "dropout" is fold_in(rng, step), the key this codebase has always used, so runs
+  measured before "sample" existed reproduce bit for bit; "sample" is derived from it.
+  """
+  dropout = jax.random.fold_in(rng, step)
+  return {"dropout": dropout, "sample": jax.random.fold_in(dropout, 1)}
+
+
+def variables_of(state: TrainState) -> dict:
+  """{"params", and "batch_stats" when the model has any} of `state`."""
+  variables = {"params": state.params}
+  if jax.tree.leaves(state.batch_stats):
+    variables["batch_stats"] = state.batch_stats
+  return variables
+
+
+def apply_model(state: TrainState, batch: dict, *, model: nn.Module, model_kwargs=None):
+  """The model's evaluation-mode outputs on `batch` (no randomness, no state update)."""
+  kwargs = (model_kwargs or no_model_kwargs)(batch, train=False)
+  return model.apply(variables_of(state), batch["image"], train=False, **kwargs)
+
+
 def train_step(
   state: TrainState,
   batch: dict,
   *,
   model: nn.Module,
   loss_fn: LossFn,
+  model_kwargs: Callable[..., dict] | None = None,
   input_gradient_penalty: float = 0.0,
   axis_name: str | None = None,
 ) -> tuple[TrainState, dict]:
@@ -39,9 +76,10 @@ def train_step(
   backpropagation, Drucker & LeCun 1992; Ross & Doshi-Velez 2018), reported as
   "input_gradient_penalty"; it costs a second backward pass.
   """
-  # A fresh dropout key per step that does not depend on how steps are batched.
-  dropout_rng = jax.random.fold_in(state.rng, state.step)
+  # Fresh keys per step that do not depend on how steps are batched or resumed.
+  rngs = step_rngs(state.rng, state.step)
   has_bn = bool(jax.tree.leaves(state.batch_stats))
+  kwargs = (model_kwargs or no_model_kwargs)(batch, train=True)
 
   def forward(params, images):
     variables = {"params": params}
@@ -51,8 +89,9 @@ def train_step(
       variables,
       images,
       train=True,
-      rngs={"dropout": dropout_rng},
+      rngs=rngs,
       mutable=["batch_stats"] if has_bn else [],
+      **kwargs,
     )
     losses = loss_fn(outputs, batch)
     return losses["loss"], (losses, updates.get("batch_stats", state.batch_stats))
@@ -82,13 +121,11 @@ def eval_step(
   *,
   model: nn.Module,
   metrics_fn: Callable[..., dict],
+  model_kwargs: Callable[..., dict] | None = None,
   axis_name: str | None = None,
 ) -> dict:
   """Metric sums over `batch` (rows with batch["mask"] False contribute nothing)."""
-  variables = {"params": state.params}
-  if jax.tree.leaves(state.batch_stats):
-    variables["batch_stats"] = state.batch_stats
-  sums = metrics_fn(model.apply(variables, batch["image"], train=False), batch)
+  sums = metrics_fn(apply_model(state, batch, model=model, model_kwargs=model_kwargs), batch)
   if axis_name is not None:
     sums = lax.psum(sums, axis_name)
   return sums

@@ -9,7 +9,7 @@ import pytest
 
 from research.convert.torchvision import convert
 from research.models import densenet
-from research.train.classification import classification_loss
+from research.train.tasks.classification import classification_loss
 from research.train.state import param_count
 from tests.conftest import randomize_batch_norms
 

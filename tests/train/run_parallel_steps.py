@@ -14,7 +14,8 @@ import optax
 
 from research.data import datasets, pipeline, transforms
 from research.models.lenet import LeNet5
-from research.train import classification, steps
+from research.train import steps
+from research.train.tasks import classification
 from research.train.parallel import DataParallel
 from research.train.state import create_train_state
 

@@ -11,7 +11,8 @@ import pytest
 from ml_collections import ConfigDict
 
 from research.evaluate import classification as evaluate
-from research.train import classification, optimizers, steps
+from research.train import optimizers, steps
+from research.train.tasks import classification
 from research.train.state import create_train_state, param_fingerprint
 
 
@@ -129,7 +130,8 @@ def test_step_schedule_divides_at_the_boundaries():
 
 
 def test_weight_decay_adds_l2_gradient():
-  tx = optimizers.make_optimizer(_opt(name="sgd", weight_decay=0.5), total_steps=10)
+  opt = _opt(name="sgd", weight_decay=0.5, weight_decay_on="all")
+  tx = optimizers.make_optimizer(opt, total_steps=10)
   params = {"w": jnp.array([2.0])}
   updates, _ = tx.update({"w": jnp.array([1.0])}, tx.init(params), params)
   np.testing.assert_allclose(updates["w"], [-0.1 * (1.0 + 0.5 * 2.0)])

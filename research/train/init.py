@@ -1,0 +1,195 @@
+"""Pretrained initialization (`config.init`): weights into the whole model or a sub-tree.
+
+    config.init = ConfigDict({
+        "path": "workdirs/resnet18_mnist5k",   # a run's workdir (its latest checkpoint), or
+                                              # a torchvision state_dict file (.pth/.pt)
+        "source_prefix": "",   # workdir sources: the sub-tree of the source run to read
+        "target_prefix": "",   # the sub-tree of this model to fill, e.g. "backbone"
+        "exclude": ("fc",),    # regexes of this model's paths left freshly initialized
+    })
+
+A plain string is `path` alone. Paths are module names joined by "/" with the leaf last,
+"layer1.0/conv1/kernel": torchvision's dotted names stay whole. Every target array
+(under `target_prefix`, not excluded) must be found in the source with the same shape,
+else a ValueError names the parameter and both shapes; source arrays nothing asked for
+are ignored and logged (a classifier's head under a backbone). The run logs what was
+loaded and what was left fresh. A run that resumes from its own checkpoint does not
+load again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import traverse_util
+from ml_collections import ConfigDict
+
+from research.convert import torchvision as tv
+
+log = logging.getLogger(__name__)
+
+INIT_KEYS = ("path", "source_prefix", "target_prefix", "exclude")
+COLLECTIONS = ("params", "batch_stats")
+
+
+def spec_of(init) -> ConfigDict:
+  """`config.init` (a path string, a dict or a ConfigDict) -> a ConfigDict of INIT_KEYS."""
+  if isinstance(init, str | os.PathLike):
+    init = {"path": os.fspath(init)}
+  spec = ConfigDict(dict(init))
+  unknown = sorted(set(spec.keys()) - set(INIT_KEYS))
+  if unknown:
+    raise ValueError(f"init: expected the keys {list(INIT_KEYS)}; received {unknown}.")
+  if not spec.get("path"):
+    raise ValueError("init.path: expected a run's workdir or a .pth file; received nothing.")
+  return spec
+
+
+def _split(prefix: str | None) -> tuple[str, ...]:
+  return tuple(p for p in (prefix or "").split("/") if p)
+
+
+def _name(path: tuple[str, ...]) -> str:
+  return "/".join(path)
+
+
+def _latest_checkpoint(workdir: str) -> dict:
+  directory = os.path.join(workdir, "checkpoints")
+  steps = ocp.CheckpointManager(directory).all_steps() if os.path.isdir(directory) else []
+  if not steps:
+    raise FileNotFoundError(
+      f"init.path: expected a run's workdir with checkpoints in {directory!r}; found none."
+    )
+  with ocp.CheckpointManager(directory) as manager:
+    restored = manager.restore(
+      max(steps), args=ocp.args.Composite(state=ocp.args.StandardRestore())
+    )
+  state = restored["state"]
+  log.info("init: reading checkpoint %d of %s", max(steps), workdir)
+  return {c: jax.device_get(state.get(c) or {}) for c in COLLECTIONS}
+
+
+def _source(spec: ConfigDict, wanted: dict) -> tuple[dict, str]:
+  """{(collection, path relative to the prefixes): array} the source has for `wanted`
+  ({(collection, relative path): target shape}), and a description of the source."""
+  path = spec.path
+  if isinstance(path, Mapping):  # a state_dict already in memory (API callers)
+    return _from_torchvision(tv.load_state_dict(path), wanted), "a torchvision state_dict"
+  path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+  if os.path.isdir(path):
+    flat = {}
+    prefix = _split(spec.get("source_prefix"))
+    for collection, tree in _latest_checkpoint(path).items():
+      for p, v in traverse_util.flatten_dict(tree).items():
+        if p[: len(prefix)] == prefix:
+          flat[(collection, p[len(prefix) :])] = np.asarray(v)
+    return flat, path
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+      f"init.path: expected a run's workdir or a torchvision state_dict file; {path!r} does "
+      "not exist."
+    )
+  if spec.get("source_prefix"):
+    raise ValueError(
+      "init.source_prefix: only a workdir source has sub-trees; a state_dict is addressed by "
+      f"the target's own names. Received {spec.source_prefix!r} with the file {path!r}."
+    )
+  return _from_torchvision(tv.load_state_dict(path), wanted), path
+
+
+def _from_torchvision(weights: dict, wanted: dict) -> dict:
+  """torchvision keys -> {(collection, path): array in Flax layout}; unrequested keys stay
+  under their torchvision name (collection "torchvision") to be reported as ignored."""
+  out, used = {}, set()
+  for (collection, path), shape in wanted.items():
+    try:
+      key = tv.torchvision_key(collection, path)
+    except KeyError:
+      continue  # no torchvision counterpart: reported missing
+    if key in weights:
+      out[(collection, path)] = tv.from_torch_layout(weights[key], len(shape))
+      used.add(key)
+  for key in set(weights) - used:
+    out[("torchvision", (key,))] = weights[key]
+  return out
+
+
+def load(init, variables: dict) -> tuple[dict, dict]:
+  """`variables` ({"params", "batch_stats"} of a freshly initialized model) with the
+  arrays of `init` (see the module docstring) in place.
+
+  Returns (variables, report) with report = {"loaded": [names], "fresh": [names],
+  "ignored": [source names]}. Raises FileNotFoundError for a missing path and
+  ValueError naming every missing or mis-shaped parameter.
+  """
+  spec = spec_of(init)
+  target_prefix = _split(spec.get("target_prefix"))
+  excludes = [re.compile(p) for p in spec.get("exclude") or ()]
+  flat = {
+    (c, p): v
+    for c in COLLECTIONS
+    for p, v in traverse_util.flatten_dict(dict(variables.get(c) or {})).items()
+  }
+  if target_prefix and not any(p[: len(target_prefix)] == target_prefix for _, p in flat):
+    raise ValueError(
+      f"init.target_prefix: no parameter of the model lies under {_name(target_prefix)!r}; "
+      f"its top-level modules are {sorted({p[0] for _, p in flat})}."
+    )
+  for pattern in excludes:
+    if not any(pattern.search(_name(p)) for _, p in flat):
+      raise ValueError(
+        f"init.exclude: the pattern {pattern.pattern!r} matches no parameter of the model; "
+        f"its paths look like {[_name(p) for _, p in list(flat)[:4]]}."
+      )
+  wanted, fresh = {}, []
+  for (c, p), v in flat.items():
+    if p[: len(target_prefix)] != target_prefix or any(e.search(_name(p)) for e in excludes):
+      fresh.append(_name(p))
+    else:
+      wanted[(c, p[len(target_prefix) :])] = tuple(np.shape(v))
+  source, where = _source(spec, wanted)
+  missing, misshaped = [], []
+  for (c, rel), shape in wanted.items():
+    value = source.get((c, rel))
+    full = _name(target_prefix + rel)
+    if value is None:
+      missing.append(f"{c}/{full}")
+    elif tuple(value.shape) != shape:
+      misshaped.append(f"{c}/{full}: the model has {shape}, the source {tuple(value.shape)}")
+  if missing or misshaped:
+    raise ValueError(
+      f"init: {where} does not fit the model"
+      + (f"; missing in the source: {missing[:20]}" if missing else "")
+      + (f" ({len(missing)} in all)" if len(missing) > 20 else "")
+      + (f"; shape mismatches: {misshaped[:20]}" if misshaped else "")
+      + ". Exclude parameters to keep fresh with init.exclude."
+    )
+  for c, rel in wanted:
+    dtype = np.asarray(flat[(c, target_prefix + rel)]).dtype
+    flat[(c, target_prefix + rel)] = np.asarray(source[(c, rel)], dtype)
+  ignored = sorted(_name(p) for k, p in set(source) - set(wanted))
+  out = dict(variables)
+  for c in COLLECTIONS:
+    tree = {p: v for (cc, p), v in flat.items() if cc == c}
+    if tree:
+      out[c] = traverse_util.unflatten_dict(tree)
+  loaded = sorted(_name(target_prefix + rel) for _, rel in wanted)
+  report = {"loaded": loaded, "fresh": fresh, "ignored": ignored}
+  count = int(sum(np.size(source[k]) for k in wanted))
+  log.info(
+    "init: loaded %d arrays (%s values) from %s into %s; left freshly initialized: %s; "
+    "ignored in the source: %s",
+    len(wanted),
+    f"{count:,}",
+    where,
+    repr(_name(target_prefix)) if target_prefix else "the whole model",
+    fresh or "none",
+    ignored[:20] + ([f"... {len(ignored)} in all"] if len(ignored) > 20 else []) or "none",
+  )
+  return out, report
