@@ -33,7 +33,8 @@ Backbones: `num_classes=0` builds neither `fc` nor the auxiliary heads, and `__c
 returns (None, out), out holding every stage. `feature_strides`: conv1 2, maxpool1 4, conv2
 4, conv3 4, maxpool2 and stem 8, inception3a/3b 8, maxpool3 16, inception4a-4e 16, maxpool4
 32, inception5a/5b 32. `conv` and `norm` are module arguments of every BasicConv2d (flax's
-examples/imagenet style; norm None is torchvision's BatchNorm with eps 0.001). With
+examples/imagenet style; norm None is torchvision's BatchNorm with eps 0.001, so a frozen
+norm for these weights is `functools.partial(FrozenBatchNorm, epsilon=1e-3)`). With
 `dtype=jnp.bfloat16` convs, pools and concatenations run in bfloat16; parameters and batch
 statistics stay float32.
 """

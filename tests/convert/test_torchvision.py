@@ -116,3 +116,39 @@ def test_num_classes_that_do_not_match_the_weights_are_named():
 def test_missing_pth_file():
   with pytest.raises(FileNotFoundError, match="no file at"):
     tv.convert("/nonexistent/weights.pth", Small(), input_shape=(1, 6, 6, 3))
+
+
+class SmallFrozen(nn.Module):
+  """Small with a FrozenBatchNorm: its affine is in batch_stats, where convert finds it."""
+
+  @nn.compact
+  def __call__(self, x, *, train=False):
+    from research.models.norms import FrozenBatchNorm  # pylint: disable=import-outside-toplevel
+
+    x = FrozenBatchNorm(name="features.1")(nn.Conv(8, (3, 3), padding=1, name="features.0")(x))
+    return nn.Dense(5, name="classifier")(nn.relu(x).mean((1, 2))), {}
+
+
+def test_frozen_batch_norm_affine_comes_from_weight_and_bias():
+  weights = _arrays()
+  weights["features.1.weight"] = np.arange(8.0)
+  weights["features.1.bias"] = -np.arange(8.0)
+  variables = tv.convert(weights, SmallFrozen(), input_shape=(1, 6, 6, 3))
+  assert set(variables["params"]) == {"features.0", "classifier"}
+  stats = variables["batch_stats"]["features.1"]
+  np.testing.assert_array_equal(stats["scale"], np.arange(8.0))
+  np.testing.assert_array_equal(stats["bias"], -np.arange(8.0))
+  assert tv.torchvision_key("batch_stats", ("layer1.0", "bn1", "scale")) == "layer1.0.bn1.weight"
+
+
+def test_inputs_of_any_structure_keep_their_dict_order():
+  class Ordered(nn.Module):
+    @nn.compact
+    def __call__(self, maps, *, train=False):
+      first = list(maps)[0]  # "z": jax.tree.map would have sorted "a" first
+      return nn.Dense(2, name=f"head_{first}")(maps[first])
+
+  inputs = {"z": jnp.zeros((1, 3)), "a": jnp.zeros((1, 4))}
+  weights = {"head_z.weight": np.zeros((2, 3)), "head_z.bias": np.zeros(2)}
+  variables = tv.convert(weights, Ordered(), inputs=inputs)
+  assert variables["params"]["head_z"]["kernel"].shape == (3, 2)
