@@ -6,8 +6,9 @@
 `experiments/NAME.py` defines `get_config(arg=None)`; `ARG` picks a variant
 (e.g. `:full`). `--config.optimizer.learning_rate=0.01` overrides one key; an
 unknown key is an error that lists the valid ones. Multi-host runs pass
---coordinator_address, --num_processes and --process_id (or nothing on a TPU
-pod or under SLURM, where JAX finds them itself with --distributed).
+--coordinator_address, --num_processes and --process_id, or --distributed=true where
+JAX finds them itself (TPU pod slices, SLURM). On a TPU pod slice's workers and under
+`srun` with several tasks, this is detected and --distributed=true is the default.
 """
 
 from __future__ import annotations
@@ -110,9 +111,28 @@ def parse_args(argv: list[str]) -> tuple[ConfigDict, str, dict]:
   distributed = {
     k: flags[k] for k in ("coordinator_address", "num_processes", "process_id") if k in flags
   }
-  if flags.get("distributed", "false").lower() in ("1", "true"):
-    distributed["auto"] = True
+  choice = flags.get("distributed", "").lower()
+  if choice not in ("", "1", "true", "0", "false"):
+    raise ValueError(f"--distributed: expected true or false; received {flags['distributed']!r}.")
+  if choice:
+    # True: start jax.distributed, finding the cluster itself; False: never (not even
+    # when the environment describes a cluster).
+    distributed["auto"] = choice in ("1", "true")
   return config, flags["workdir"], distributed
+
+
+def cluster(environ=None) -> str | None:
+  """The multi-process cluster the environment describes, or None: "SLURM" (srun with
+  several tasks) or "TPU pod slice" (a TPU VM worker with several hosts). There
+  `jax.distributed.initialize()` finds the coordinator, the process count and this
+  process's id by itself."""
+  environ = os.environ if environ is None else environ
+  if "SLURM_JOB_ID" in environ and int(environ.get("SLURM_NTASKS", "1") or 1) > 1:
+    return "SLURM"
+  hosts = [h for h in environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]
+  if len(hosts) > 1:
+    return "TPU pod slice"
+  return None
 
 
 def run(argv: list[str]) -> dict:
@@ -120,8 +140,14 @@ def run(argv: list[str]) -> dict:
   config, workdir, distributed = parse_args(argv)
   import jax  # pylint: disable=import-outside-toplevel
 
-  if distributed:
-    distributed.pop("auto", None)
+  auto = distributed.pop("auto", None)
+  if auto is None and not distributed and cluster() is not None:
+    logging.getLogger(__name__).info(
+      "%s detected: starting jax.distributed (pass --distributed=false to run alone)",
+      cluster(),
+    )
+    auto = True
+  if auto or distributed:
     # Cross-process collectives of the CPU backend (GPUs and TPUs bring their own).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(

@@ -168,7 +168,12 @@ def load(init, variables: dict) -> tuple[dict, dict]:
       + (f"; missing in the source: {missing[:20]}" if missing else "")
       + (f" ({len(missing)} in all)" if len(missing) > 20 else "")
       + (f"; shape mismatches: {misshaped[:20]}" if misshaped else "")
-      + ". Exclude parameters to keep fresh with init.exclude."
+      + ". Exclude parameters to keep fresh with init.exclude"
+      + (
+        "; nothing matched: does the source need a source_prefix, or the model a target_prefix?"
+        if len(missing) == len(wanted)
+        else "."
+      )
     )
   for c, rel in wanted:
     dtype = np.asarray(flat[(c, target_prefix + rel)]).dtype
@@ -180,7 +185,7 @@ def load(init, variables: dict) -> tuple[dict, dict]:
     if tree:
       out[c] = traverse_util.unflatten_dict(tree)
   loaded = sorted(_name(target_prefix + rel) for _, rel in wanted)
-  report = {"loaded": loaded, "fresh": fresh, "ignored": ignored}
+  report = {"loaded": loaded, "fresh": sorted(fresh), "ignored": ignored}
   count = int(sum(np.size(source[k]) for k in wanted))
   log.info(
     "init: loaded %d arrays (%s values) from %s into %s; left freshly initialized: %s; "

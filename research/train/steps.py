@@ -42,6 +42,22 @@ def step_rngs(rng: jnp.ndarray, step: jnp.ndarray) -> dict:
   return {"dropout": dropout, "sample": jax.random.fold_in(dropout, 1)}
 
 
+def example_index(batch_size: int, axis_name: str | None = None) -> jnp.ndarray:
+  """[B] int32: each row's position in the global batch, under jit (the whole batch) and
+  under pmap (device i holds rows i * B .. i * B + B - 1)."""
+  rows = jnp.arange(batch_size, dtype=jnp.int32)
+  if axis_name is None:
+    return rows
+  return lax.axis_index(axis_name).astype(jnp.int32) * batch_size + rows
+
+
+def example_keys(key: jnp.ndarray, index: jnp.ndarray) -> jnp.ndarray:
+  """[B] keys, one per example, from a step's key and the examples' global `index`: what a
+  model draws per image (a detector's RoI sample) is then the same on one device, under
+  pmap and under sharded jit."""
+  return jax.vmap(jax.random.fold_in, (None, 0))(key, index)
+
+
 def variables_of(state: TrainState) -> dict:
   """{"params", and "batch_stats" when the model has any} of `state`."""
   variables = {"params": state.params}
@@ -79,7 +95,9 @@ def train_step(
   # Fresh keys per step that do not depend on how steps are batched or resumed.
   rngs = step_rngs(state.rng, state.step)
   has_bn = bool(jax.tree.leaves(state.batch_stats))
-  kwargs = (model_kwargs or no_model_kwargs)(batch, train=True)
+  # The task sees each row's global index, for per-example random draws (example_keys).
+  indexed = {**batch, "example_index": example_index(batch["image"].shape[0], axis_name)}
+  kwargs = (model_kwargs or no_model_kwargs)(indexed, train=True)
 
   def forward(params, images):
     variables = {"params": params}

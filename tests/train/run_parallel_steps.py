@@ -1,31 +1,96 @@
-"""Run as a script with 8 host devices: 10 LeNet-5 steps three ways, printing parameters' gaps.
+"""Run as a script with 8 host devices: 10 steps three ways, printing parameters' gaps.
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/train/run_parallel_steps.py
 
-Prints JSON {"devices": 8, "pmap": max |p - p_single|, "jit": ...}.
+Two models: LeNet-5 (dropout-free classification), and LeNet-5 with an RPN-like objectness
+head trained on a balanced random sample of positions per image (the detectors' anchor
+sampling, `research.detection.assign.sample`), drawn from the step's "sample" stream.
+Prints JSON {"devices": 8, "pmap": max |p - p_single|, "jit": ..., "sample_pmap": ...,
+"sample_jit": ...}.
 """
 
 import functools
 import json
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
 from research.data import datasets, pipeline, transforms
+from research.detection import assign
 from research.models.lenet import LeNet5
 from research.train import steps
-from research.train.tasks import classification
 from research.train.parallel import DataParallel
 from research.train.state import create_train_state
+from research.train.tasks import classification
 
 STEPS, BATCH = 10, 64
 
 
-def main():
-  model = LeNet5()
+class SampledObjectness(nn.Module):
+  """LeNet-5 plus a 3x3 objectness conv over the image; in training, 32 positions per
+  image (a quarter ink, the rest background) are drawn with the image's own key."""
+
+  @nn.compact
+  def __call__(self, x, *, train=False, example_index=None):
+    logits, out = LeNet5(name="lenet")(x, train=train)
+    score = nn.Conv(1, (3, 3), name="objectness")(x)[..., 0].reshape(x.shape[0], -1)
+    if not train:
+      return logits, out
+    labels = (x[..., 0] > 0.5).reshape(x.shape[0], -1).astype(jnp.int32)
+    keys = steps.example_keys(self.make_rng("sample"), example_index)
+    draw = functools.partial(assign.sample, num_samples=32, positive_fraction=0.25)
+    idx, valid = jax.vmap(draw)(labels, keys)
+    chosen = jnp.take_along_axis(score, idx, 1)
+    target = jnp.take_along_axis(labels, idx, 1).astype(jnp.float32)
+    bce = optax.sigmoid_binary_cross_entropy(chosen, target)
+    out["objectness_loss"] = (bce * valid).sum() / valid.sum()
+    return logits, out
+
+
+def sampled_loss(outputs, batch):
+  losses = classification.classification_loss(outputs, batch)
+  objectness = outputs[1]["objectness_loss"]
+  return {**losses, "loss": losses["loss"] + objectness, "objectness": objectness}
+
+
+def index_kwargs(batch, *, train):
+  return {"example_index": batch["example_index"]} if train else {}
+
+
+def gaps(model, loss_fn, batches, model_kwargs=None):
   tx = optax.sgd(0.05, momentum=0.9, nesterov=True)
   fresh = lambda: create_train_state(model, tx, seed=0, input_shape=(1, 32, 32, 1))
+  step = functools.partial(
+    steps.train_step, model=model, loss_fn=loss_fn, model_kwargs=model_kwargs
+  )
+  state = jax.device_put(fresh(), jax.devices()[0])
+  single = jax.jit(step)
+  for b in batches:
+    state, _ = single(state, b)
+  reference = jax.device_get(state.params)
+  out = {}
+  for mode in ("pmap", "jit"):
+    parallel = DataParallel(mode)
+    compiled = parallel.compile_train(
+      steps.train_step, model=model, loss_fn=loss_fn, model_kwargs=model_kwargs
+    )
+    state = parallel.put_state(fresh())
+    for b in batches:
+      state, _ = compiled(state, parallel.put_batch(b))
+    params = parallel.single(state.params)
+    out[mode] = max(
+      float(np.abs(a - b).max())
+      for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reference))
+    )
+    if mode == "jit":
+      out["jit_batch_sharding"] = str(parallel.put_batch(batches[0])["image"].sharding.spec)
+  return out
+
+
+def main():
   it = pipeline.train_iterator(
     datasets.data_source("mnist5k", "train"),
     global_batch_size=BATCH,
@@ -33,32 +98,11 @@ def main():
     transform=transforms.ClassificationTransform(10, pad=2, value_range=(-0.1, 1.175)),
   )
   batches = [next(it) for _ in range(STEPS)]
-
-  single = jax.jit(
-    functools.partial(steps.train_step, model=model, loss_fn=classification.classification_loss)
-  )
-  state = jax.device_put(fresh(), jax.devices()[0])
-  for b in batches:
-    state, _ = single(state, b)
-  reference = jax.device_get(state.params)
-
-  gaps = {"devices": jax.device_count()}
-  for mode in ("pmap", "jit"):
-    parallel = DataParallel(mode)
-    step = parallel.compile_train(
-      steps.train_step, model=model, loss_fn=classification.classification_loss
-    )
-    state = parallel.put_state(fresh())
-    for b in batches:
-      state, _ = step(state, parallel.put_batch(b))
-    params = parallel.single(state.params)
-    gaps[mode] = max(
-      float(np.abs(a - b).max())
-      for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reference))
-    )
-    if mode == "jit":
-      gaps["jit_batch_sharding"] = str(parallel.put_batch(batches[0])["image"].sharding.spec)
-  print(json.dumps(gaps))
+  result = {"devices": jax.device_count()}
+  result.update(gaps(LeNet5(), classification.classification_loss, batches))
+  sampled = gaps(SampledObjectness(), sampled_loss, batches, index_kwargs)
+  result.update({f"sample_{k}": v for k, v in sampled.items() if k != "jit_batch_sharding"})
+  print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""pmap and sharded jit on 8 host CPU devices give single-device jit's parameters."""
+"""pmap and sharded jit on 8 host CPU devices give single-device jit's parameters, with and
+without a per-image random sample from the step's "sample" stream."""
 
 import json
 import os
@@ -22,6 +23,9 @@ def test_pmap_and_sharded_jit_equal_single_device_jit_on_8_devices():
   assert "'batch'" in gaps["jit_batch_sharding"]
   assert gaps["pmap"] < 1e-5, gaps
   assert gaps["jit"] < 1e-5, gaps
+  # A step that draws a random sample per image from the "sample" stream.
+  assert gaps["sample_pmap"] < 1e-5, gaps
+  assert gaps["sample_jit"] < 1e-5, gaps
 
 
 def test_unknown_parallelism_lists_the_modes():

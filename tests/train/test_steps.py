@@ -12,8 +12,8 @@ from ml_collections import ConfigDict
 
 from research.evaluate import classification as evaluate
 from research.train import optimizers, steps
-from research.train.tasks import classification
 from research.train.state import create_train_state, param_fingerprint
+from research.train.tasks import classification
 
 
 class Linear(nn.Module):
