@@ -27,6 +27,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import numpy as np
 from ml_collections import ConfigDict
 
 from research.data import pipeline
@@ -185,3 +186,87 @@ def build(specs, registry: dict[str, type[Evaluator]], ctx: Context, task: str) 
       f"evals: two evaluators write the same metrics.jsonl split {names}; give one a `name`."
     )
   return out
+
+
+class DetectionAP(HostEvaluator):
+  """VOC and COCO average precision of a detector over the whole split, through
+  `research.evaluate.detection.evaluate` (pycocotools for COCO).
+
+  The model returns `(detections, out)` with detections {"boxes" [B, K, 4], "scores"
+  [B, K], "labels" [B, K], "valid" [B, K], optionally "masks" [B, K, H, W] probabilities}
+  in the input image's pixels; the batch holds the padded ground truth of
+  `research.data.detection.DetectionTransform` ("boxes", "labels", "valid", optional
+  "difficult", "crowd", "masks"). Both are taken back to the original image's pixels
+  ("original_size" / "image_size") so COCO's small/medium/large areas mean what they mean.
+
+  Numbers: {prefix}map50 (VOC 2007 11-point mAP at IoU 0.5, the Faster R-CNN paper's),
+  {prefix}map50_area (the VOC 2010+ area), {prefix}coco_ap, coco_ap50, coco_ap75,
+  coco_aps, coco_apm, coco_apl, coco_ar100, and with `masks: True` {prefix}mask_ap and
+  mask_ap50 (masks thresholded at 0.5).
+  """
+
+  extra_keys = ("masks",)
+
+  @staticmethod
+  def predict(outputs, batch) -> dict:
+    detections, _ = outputs
+    rows = {
+      f"det_{k}": v for k, v in detections.items() if k in ("boxes", "scores", "labels", "valid")
+    }
+    if "masks" in detections:
+      rows["det_masks"] = detections["masks"] >= 0.5
+    for key in (
+      "boxes",
+      "labels",
+      "valid",
+      "difficult",
+      "crowd",
+      "masks",
+      "image_size",
+      "original_size",
+    ):
+      if key in batch:
+        rows[f"gt_{key}"] = batch[key]
+    rows["mask"] = batch["mask"]
+    return rows
+
+  def reset(self) -> None:
+    self.detections, self.truths = [], []
+
+  def update(self, rows: dict) -> None:
+    for i in np.flatnonzero(rows["mask"]):
+      scale = np.ones(4)
+      if "gt_original_size" in rows and "gt_image_size" in rows:
+        (big_h, big_w), (h, w) = rows["gt_original_size"][i], rows["gt_image_size"][i]
+        scale = np.array([big_w / w, big_h / h, big_w / w, big_h / h])
+      det = {k[4:]: rows[k][i] for k in rows if k.startswith("det_")}
+      det["boxes"] = det["boxes"] * scale
+      gt = {k[3:]: rows[k][i] for k in rows if k.startswith("gt_") and not k.endswith("_size")}
+      gt["boxes"] = gt["boxes"] * scale
+      self.detections.append(det)
+      self.truths.append(gt)
+
+  def result(self, final: bool) -> dict:
+    from research.evaluate import detection  # pylint: disable=import-outside-toplevel
+
+    masks = bool(self.spec.get("masks", False))
+    numbers = detection.evaluate(
+      self.detections,
+      self.truths,
+      num_classes=self.ctx.num_classes,
+      masks=masks,
+      class_names=list(self.ctx.class_names) if self.ctx.class_names else None,
+    )
+    p = self.prefix
+    out = {
+      f"{p}map50": numbers["box_voc07_mAP"],
+      f"{p}map50_area": numbers["box_voc_mAP"],
+      **{f"{p}coco_{k.lower()}": numbers[f"box_coco_{k}"] for k in _COCO_REPORTED},
+    }
+    if masks:
+      out[f"{p}mask_ap"] = numbers["mask_coco_AP"]
+      out[f"{p}mask_ap50"] = numbers["mask_coco_AP50"]
+    return out
+
+
+_COCO_REPORTED = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
