@@ -27,6 +27,11 @@ def small_config():
   return c
 
 
+def pair(value) -> tuple[int, int]:
+  """An int or a pair (stride, padding, window, output size) as (height, width)."""
+  return (value, value) if isinstance(value, int) else tuple(value)
+
+
 def subprocess_env(**extra) -> dict:
   """The environment for a child Python that imports this checkout."""
   env = dict(os.environ)

@@ -10,17 +10,14 @@ from jax import lax
 from scipy import signal
 
 from research.ops import conv
+from tests.conftest import pair
 
 ATOL = 1e-5
 
 
-def _pair(v):
-  return (v, v) if isinstance(v, int) else tuple(v)
-
-
 def _scipy_reference(image, kernel, stride, padding, *, flip):
   """scipy 'valid' on the zero-padded image, subsampled by the stride."""
-  (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
+  (sh, sw), (ph, pw) = pair(stride), pair(padding)
   padded = np.pad(np.asarray(image, np.float64), ((ph, ph), (pw, pw)))
   fn = signal.convolve2d if flip else signal.correlate2d
   return fn(padded, np.asarray(kernel, np.float64), mode="valid")[::sh, ::sw]
@@ -115,7 +112,7 @@ def test_matches_lax(h, w, kh, kw, stride, padding):
   np.testing.assert_allclose(
     ours, conv.correlate2d_lax(image, kernel, stride=stride, padding=padding), atol=ATOL, rtol=0
   )
-  (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
+  (sh, sw), (ph, pw) = pair(stride), pair(padding)
   direct = lax.conv_general_dilated(
     image[None],
     kernel,
@@ -202,7 +199,7 @@ def test_output_size_known_values():
   ],
 )
 def test_output_size_matches_produced_shapes(h, w, kh, kw, stride, padding):
-  (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
+  (sh, sw), (ph, pw) = pair(stride), pair(padding)
   image = jnp.ones((h, w, 2))
   kernel = jnp.ones((kh, kw, 2, 3))
   expected = (conv.output_size(h, kh, sh, ph), conv.output_size(w, kw, sw, pw), 3)

@@ -8,16 +8,13 @@ import numpy as np
 import pytest
 
 from research.ops import pooling
-
-
-def _pair(v):
-  return (v, v) if isinstance(v, int) else tuple(v)
+from tests.conftest import pair
 
 
 def _reference_pool(x, window, stride, padding, reduce):
   """Loops over output pixels of x [N, H, W, C]; max pads with -inf, avg with 0 (counted)."""
-  (kh, kw), (ph, pw) = _pair(window), _pair(padding)
-  sh, sw = _pair(window if stride is None else stride)
+  (kh, kw), (ph, pw) = pair(window), pair(padding)
+  sh, sw = pair(window if stride is None else stride)
   fill = -np.inf if reduce == "max" else 0.0
   xp = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)), constant_values=fill)
   oh = (xp.shape[1] - kh) // sh + 1
@@ -31,7 +28,7 @@ def _reference_pool(x, window, stride, padding, reduce):
 
 
 def _reference_adaptive(x, output_size):
-  oh, ow = _pair(output_size)
+  oh, ow = pair(output_size)
   n, h, w, c = x.shape
   out = np.zeros((n, oh, ow, c))
   for i in range(oh):
