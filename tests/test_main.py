@@ -110,24 +110,26 @@ def test_experiment_module_runs_the_same_as_research_main(tmp_path):
     "--config.log_every_steps=10",
   ]
   env = subprocess_env(JAX_PLATFORMS="cpu")
-  for name, cmd in (
-    ("a", ["-m", "experiments.lenet5_mnist"]),
-    ("b", ["-m", "research.main", CONFIG]),
-  ):
-    subprocess.run(
+  # The three processes are independent: started together, their imports overlap.
+  runs = [
+    subprocess.Popen(
       [sys.executable, *cmd, f"--workdir={tmp_path / name}", *args],
       cwd=ROOT,
       env=env,
-      check=True,
-      capture_output=True,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
     )
+    for name, cmd in (
+      ("a", ["-m", "experiments.lenet5_mnist"]),
+      ("b", ["-m", "research.main", CONFIG]),
+      ("bad", ["-m", "research.main", CONFIG, "--config.modle=x"]),
+    )
+  ]
+  outputs = [run.communicate() for run in runs]
+  for run, (_, stderr) in zip(runs[:2], outputs):
+    assert run.returncode == 0, stderr
   a, b = (json.loads((tmp_path / n / "results.json").read_text()) for n in "ab")
   assert a["param_fingerprint"] == b["param_fingerprint"]
-  bad = subprocess.run(
-    [sys.executable, "-m", "research.main", CONFIG, f"--workdir={tmp_path}", "--config.modle=x"],
-    cwd=ROOT,
-    env=env,
-    capture_output=True,
-    text=True,
-  )
-  assert bad.returncode == 2 and "error: --config.modle: unknown config key" in bad.stderr
+  bad_stderr = outputs[2][1]
+  assert runs[2].returncode == 2 and "error: --config.modle: unknown config key" in bad_stderr
