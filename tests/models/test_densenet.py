@@ -9,8 +9,8 @@ import pytest
 
 from research.convert.torchvision import convert
 from research.models import densenet
-from research.train.tasks.classification import classification_loss
 from research.train.state import param_count
+from research.train.tasks.classification import classification_loss
 from tests.conftest import randomize_batch_norms
 
 
