@@ -28,8 +28,11 @@ every parameter trained at the recipe's learning rate.
 
 Paper: R-CNN on VOC 2007, 44.7% mAP without fine-tuning (fc7 features of the ImageNet
 network) -> 54.2% fine-tuned (Table 2).
-Ours (two CPU cores, 150 steps of batch 64 each; pretraining 300 steps, 95.4%): see the
-README table (fine-tuned against from scratch, test accuracy on the 360 test digits).
+Ours (two shared CPU cores, 150 steps of batch 64 each; the pretraining: 300 steps, 95.4% on
+mnist5k, 42 s): test accuracy on the 360 test digits, seeds 0/1/2, fine-tuned 98.6/97.8/98.6%
+(43/31/26 s), from scratch 96.7/98.3/98.6% (41/30/26 s). Fine-tuning wins on average (98.3
+against 97.9%) but within seed noise: 8x8 digits are easy to learn from 1,437 images, so the
+gap is small, as R-CNN's is small where the target data are plentiful.
 """
 
 from __future__ import annotations
