@@ -5,9 +5,9 @@
     onednn.status()             # (available, "oneDNN 3.2.0, 2 threads" or why not)
     y = onednn.conv2d(x, w, b, strides=(2, 2), padding=((3, 3), (3, 3)))
 
-research.models.layers routes every model convolution here on a CPU backend
-(`lax.platform_dependent`: GPU and TPU programs stay lax's), unless
-RESEARCH_CONV=lax.
+The models do not call it yet: routing every model convolution here on a CPU backend
+(research.models.layers, lax on GPUs and TPUs, RESEARCH_CONV=lax to force lax) is the
+next step of its issue.
 """
 
 from research.ops.onednn.convolution import Geometry, conv2d, plan
