@@ -60,18 +60,21 @@ def _name(path: tuple[str, ...]) -> str:
 
 
 def _latest_checkpoint(workdir: str) -> dict:
+  """{"params": tree, "batch_stats": tree} of numpy arrays from `workdir`'s newest checkpoint."""
   directory = os.path.join(workdir, "checkpoints")
-  steps = ocp.CheckpointManager(directory).all_steps() if os.path.isdir(directory) else []
-  if not steps:
+  if not os.path.isdir(directory):
     raise FileNotFoundError(
       f"init.path: expected a run's workdir with checkpoints in {directory!r}; found none."
     )
   with ocp.CheckpointManager(directory) as manager:
-    restored = manager.restore(
-      max(steps), args=ocp.args.Composite(state=ocp.args.StandardRestore())
-    )
+    step = manager.latest_step()
+    if step is None:
+      raise FileNotFoundError(
+        f"init.path: expected a run's workdir with checkpoints in {directory!r}; found none."
+      )
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
   state = restored["state"]
-  log.info("init: reading checkpoint %d of %s", max(steps), workdir)
+  log.info("init: reading checkpoint %d of %s", step, workdir)
   return {c: jax.device_get(state.get(c) or {}) for c in COLLECTIONS}
 
 
