@@ -57,8 +57,9 @@ def plan(x_shape, w_shape, strides, padding, dilation=(1, 1), groups=1) -> Geome
   string saying why oneDNN does not take it.
 
   padding: ((top, bottom), (left, right)) as lax takes it. Padding beyond what the
-  output needs is dropped (those rows are never read); padding that leaves input rows
-  unread (a negative remainder) is not taken.
+  output needs is dropped (those rows are never read); input rows and columns that no
+  output reads (a 1x1 stride-2 kernel on an even size) are cut: `in_hw` is the part of
+  x that the convolution takes, x[:, :in_hw[0], :in_hw[1]].
   """
   if len(x_shape) != 4 or len(w_shape) != 4:
     return f"not a 2-D NHWC convolution: x {tuple(x_shape)}, w {tuple(w_shape)}"
@@ -67,18 +68,15 @@ def plan(x_shape, w_shape, strides, padding, dilation=(1, 1), groups=1) -> Geome
     return f"channels {c} -> {co} do not split into {groups} groups of kernel {tuple(w_shape)}"
   if any(p < 0 for pair in padding for p in pair):
     return f"negative padding {padding}"
-  exact = []
+  exact, sizes = [], []
   for n, k, s, (lo, hi), d in zip(x_shape[1:3], (kh, kw), strides, padding, dilation, strict=True):
     out = (n + lo + hi - (k - 1) * d - 1) // s + 1
     if out < 1:
       return f"empty output ({n} pixels, kernel {k}, padding {(lo, hi)})"
     right = (out - 1) * s + (k - 1) * d + 1 - n - lo
-    if right < 0:
-      return f"input rows left unread (size {n}, kernel {k}, stride {s}, padding {(lo, hi)})"
-    exact.append((lo, right))
-  return Geometry(
-    tuple(x_shape[1:3]), (kh, kw), tuple(strides), tuple(exact), tuple(dilation), groups
-  )
+    exact.append((lo, max(right, 0)))
+    sizes.append(n + min(right, 0))
+  return Geometry(tuple(sizes), (kh, kw), tuple(strides), tuple(exact), tuple(dilation), groups)
 
 
 def _call(name, shapes, *args, geometry):
@@ -212,6 +210,7 @@ def conv2d(x, w, b=None, *, strides=(1, 1), padding=((0, 0), (0, 0)), dilation=(
     raise ValueError(f"conv2d: {geometry}.")
   if x.dtype != jnp.float32 or w.dtype != jnp.float32:
     raise ValueError(f"conv2d: expected float32 x and w; received {x.dtype} and {w.dtype}.")
+  x = x[:, : geometry.in_hw[0], : geometry.in_hw[1]]
   if b is None:
     return conv(x, w, geometry)
   if b.shape != (w.shape[3],):
