@@ -1,0 +1,422 @@
+"""The Region Proposal Network (Faster R-CNN, Ren et al. 2015) as torchvision builds it.
+
+A 3x3 conv + ReLU slides over every feature map, then two 1x1 convs give, per position,
+A objectness logits and 4A box deltas relative to the A anchors of that position
+(`research.detection.anchors`); the same weights serve every FPN level. From these:
+
+    proposals   per level the pre_nms_top_n best anchors by objectness, decoded, clipped
+                to each image, tiny ones and those under score_thresh dropped, NMS at 0.7
+                within each level, the post_nms_top_n best kept
+    rpn_loss    256 anchors per image sampled (at most half positive) by
+                `research.detection.assign.rpn_targets`; binary cross-entropy over them
+                plus smooth L1 (beta 1/9) over the positives, both divided by the number
+                of sampled anchors of the batch
+
+exactly torchvision's `RPNHead`, `RegionProposalNetwork.filter_proposals` and
+`compute_loss`, with static shapes: where torchvision drops boxes, a validity mask marks
+them, so everything runs under `jax.jit` with one compilation whatever the number of
+objects. Module names are torchvision's (>= 0.13: the 3x3 conv is a Conv2dNormActivation,
+hence `conv.0.0`), so `research.convert.torchvision.convert` loads `rpn.head.*`.
+
+Flat order: the anchor of level l, row y, column x and cell anchor a sits at
+offset_l + (y * W_l + x) * A + a, torchvision's `concat_box_prediction_layers` and the
+order of `anchors.multilevel_anchors`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from research.detection import anchors as anchors_lib
+from research.detection import assign
+from research.models.layers import Conv
+from research.ops import boxes as box_ops
+
+__all__ = [
+  "RPNHead",
+  "RPN",
+  "flatten_predictions",
+  "anchors_per_level",
+  "proposals",
+  "anchor_targets",
+  "rpn_loss",
+  "FPN_ANCHOR_SIZES",
+]
+
+ModuleDef = Any
+
+# torchvision's fasterrcnn_resnet50_fpn: one size per level P2..P6, three ratios each.
+FPN_ANCHOR_SIZES = ((32,), (64,), (128,), (256,), (512,))
+# torchvision's RegionProposalNetwork.min_size, not a constructor argument there.
+MIN_SIZE = 1e-3
+
+
+def _maps(features, name: str) -> list[jax.Array]:
+  """A list/tuple of [N, H, W, C] maps, or a dict of them read in its order."""
+  maps = list(features.values()) if isinstance(features, Mapping) else list(features)
+  shapes = [tuple(np.shape(m)) for m in maps]
+  if not maps or any(len(s) != 4 for s in shapes) or len({(s[0], s[3]) for s in shapes}) != 1:
+    raise ValueError(
+      f"{name}: features must be one or more maps [N, H, W, C] with the same N and C; "
+      f"received shapes {shapes}."
+    )
+  return maps
+
+
+class RPNHead(nn.Module):
+  """torchvision's `RPNHead`: [L] maps [N, H_l, W_l, C] -> ([L] objectness [N, H_l, W_l, A],
+  [L] deltas [N, H_l, W_l, 4A]), the channel a * 4 + j of the deltas being coordinate j
+  (dx, dy, dw, dh) of cell anchor a.
+
+  `__call__(features, *, train=False)`; features a list/tuple or a dict (read in its
+  order) of maps; train is unused and accepted so the head is called as every model is.
+
+  Attributes:
+    num_anchors: A, anchors per position (len(sizes) * len(aspect_ratios) of a level).
+    conv_depth: 3x3 conv + ReLU layers before the 1x1 convs (torchvision's default 1).
+    conv: the conv module; dtype: the computation dtype, parameters stay float32.
+  """
+
+  num_anchors: int
+  conv_depth: int = 1
+  conv: ModuleDef = Conv
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, features, *, train: bool = False):
+    del train
+    maps = _maps(features, type(self).__name__)
+    # torchvision: normal(std=0.01) weights and zero biases for every conv of the head.
+    conv = functools.partial(
+      self.conv,
+      kernel_init=nn.initializers.normal(0.01),
+      bias_init=nn.initializers.zeros,
+      dtype=self.dtype,
+    )
+    channels = maps[0].shape[-1]
+    convs = [conv(channels, (3, 3), padding=1, name=f"conv.{i}.0") for i in range(self.conv_depth)]
+    cls_logits = conv(self.num_anchors, (1, 1), name="cls_logits")
+    bbox_pred = conv(4 * self.num_anchors, (1, 1), name="bbox_pred")
+    objectness, deltas = [], []
+    for x in maps:
+      t = x.astype(self.dtype)
+      for c in convs:
+        t = nn.relu(c(t))
+      objectness.append(cls_logits(t))
+      deltas.append(bbox_pred(t))
+    return objectness, deltas
+
+
+def anchors_per_level(objectness: Sequence[jax.Array]) -> tuple[int, ...]:
+  """[L] objectness maps [N, H_l, W_l, A] -> (H_l * W_l * A for each level), static ints."""
+  return tuple(int(np.prod(np.shape(o)[1:])) for o in objectness)
+
+
+def flatten_predictions(objectness: Sequence[jax.Array], deltas: Sequence[jax.Array]):
+  """The head's maps in the anchors' flat order (torchvision's `concat_box_prediction_layers`).
+
+  objectness: [L] of [N, H_l, W_l, A]; deltas: [L] of [N, H_l, W_l, 4A].
+  Returns (objectness [N, T] float32, deltas [N, T, 4] float32), T = sum_l H_l W_l A.
+  """
+  n = np.shape(objectness[0])[0]
+  obj = jnp.concatenate([o.reshape(n, -1) for o in objectness], axis=1)
+  dl = jnp.concatenate([d.reshape(n, -1, 4) for d in deltas], axis=1)
+  return obj.astype(jnp.float32), dl.astype(jnp.float32)
+
+
+def _check(x, expected: tuple, name: str, what: str, fn: str) -> None:
+  """A ValueError naming x unless its shape is `expected` (None: any size)."""
+  shape = tuple(np.shape(x))
+  if len(shape) != len(expected) or any(e is not None and e != s for e, s in zip(expected, shape)):
+    raise ValueError(f"{fn}: {name} must be {what}, got shape {shape}")
+
+
+def _count(value, name: str, fn: str) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise ValueError(f"{fn}: {name} must be an int >= 1, got {value!r}")
+  return int(value)
+
+
+def proposals(
+  objectness,
+  deltas,
+  anchors,
+  image_sizes,
+  num_anchors_per_level: Sequence[int],
+  *,
+  pre_nms_top_n: int,
+  post_nms_top_n: int,
+  nms_thresh: float = 0.7,
+  score_thresh: float = 0.0,
+  min_size: float = MIN_SIZE,
+):
+  """Region proposals of fixed count: torchvision's `RegionProposalNetwork.filter_proposals`.
+
+  objectness: [N, T] logits; deltas: [N, T, 4] (dx, dy, dw, dh); anchors: [T, 4]
+  (x1, y1, x2, y2), the same for every image of the padded batch; image_sizes: [N, 2]
+  (height, width) of each image inside the padding, may be traced;
+  num_anchors_per_level: static [L] ints summing to T.
+  Per level the min(pre_nms_top_n, T_l) highest logits, decoded (weights (1, 1, 1, 1),
+  dw and dh clamped at log(1000 / 16)), clipped to the image; boxes narrower or lower
+  than min_size and sigmoid scores < score_thresh are masked out; NMS at nms_thresh
+  within each level; the post_nms_top_n best kept. Nothing here is differentiated (the
+  paper's approximate joint training): the inputs pass through stop_gradient.
+  Returns (boxes [N, post_nms_top_n, 4] by decreasing score, scores [N, post_nms_top_n]
+  sigmoid probabilities, valid [N, post_nms_top_n] bool); invalid rows are zeros.
+  """
+  fn = "proposals"
+  levels = tuple(int(v) for v in num_anchors_per_level)
+  total = sum(levels)
+  _check(objectness, (None, total), "objectness", f"[N, T] with T = {total} anchors", fn)
+  n = np.shape(objectness)[0]
+  _check(deltas, (n, total, 4), "deltas", f"[N, T, 4] = [{n}, {total}, 4]", fn)
+  _check(anchors, (total, 4), "anchors", f"[T, 4] = [{total}, 4] (x1, y1, x2, y2)", fn)
+  _check(image_sizes, (n, 2), "image_sizes", f"[N, 2] = [{n}, 2] (height, width)", fn)
+  if any(v < 1 for v in levels):
+    raise ValueError(f"{fn}: num_anchors_per_level must be positive, got {levels}")
+  return _proposals(
+    objectness,
+    deltas,
+    jnp.asarray(anchors, jnp.float32),
+    jnp.asarray(image_sizes, jnp.float32),
+    levels=levels,
+    pre=_count(pre_nms_top_n, "pre_nms_top_n", fn),
+    post=_count(post_nms_top_n, "post_nms_top_n", fn),
+    nms_thresh=float(nms_thresh),
+    score_thresh=float(score_thresh),
+    min_size=float(min_size),
+  )
+
+
+# One compiled program when called eagerly; inlined under an outer jit.
+@functools.partial(
+  jax.jit, static_argnames=("levels", "pre", "post", "nms_thresh", "score_thresh", "min_size")
+)
+def _proposals(objectness, deltas, anchors, image_sizes, **kw):
+  objectness = lax.stop_gradient(objectness).astype(jnp.float32)
+  deltas = lax.stop_gradient(deltas).astype(jnp.float32)
+  index, level, offset = [], [], 0
+  for i, size in enumerate(kw["levels"]):
+    k = min(kw["pre"], size)
+    index.append(lax.top_k(objectness[:, offset : offset + size], k)[1] + offset)
+    level.append(np.full((k,), i, np.int32))
+    offset += size
+  index, level = jnp.concatenate(index, axis=1), jnp.asarray(np.concatenate(level))
+  logits = jnp.take_along_axis(objectness, index, axis=1)
+  boxes = box_ops.decode(jnp.take_along_axis(deltas, index[..., None], axis=1), anchors[index])
+  boxes = jax.vmap(box_ops.clip)(boxes, image_sizes)
+  scores = jax.nn.sigmoid(logits)
+  # torch compares a float32 tensor with a Python float in float32.
+  valid = box_ops.remove_small_boxes(boxes, kw["min_size"]) & (
+    scores >= np.float32(kw["score_thresh"])
+  )
+
+  def nms(b, s, v):
+    # Masked boxes zeroed: batched_nms offsets levels by the largest coordinate, which
+    # torchvision takes over the boxes it kept.
+    return box_ops.batched_nms(
+      jnp.where(v[:, None], b, 0), s, level, kw["nms_thresh"], max_output=kw["post"], valid=v
+    )
+
+  keep, ok = jax.vmap(nms)(boxes, scores, valid)
+  boxes = jnp.where(ok[..., None], jnp.take_along_axis(boxes, keep[..., None], axis=1), 0)
+  scores = jnp.where(ok, jnp.take_along_axis(scores, keep, axis=1), 0)
+  return boxes, scores, ok
+
+
+def anchor_targets(
+  anchors,
+  gt_boxes,
+  gt_valid,
+  key,
+  *,
+  batch_size_per_image: int = 256,
+  positive_fraction: float = 0.5,
+  fg_iou_thresh: float = 0.7,
+  bg_iou_thresh: float = 0.3,
+  anchor_valid=None,
+) -> assign.RPNTargets:
+  """`assign.rpn_targets` of every image of a batch, image i drawing with
+  `jax.random.split(key, N)[i]`.
+
+  anchors: [T, 4]; gt_boxes: [N, G, 4] padded; gt_valid: [N, G] bool; key: a PRNG key;
+  anchor_valid: None, [T] or [N, T] bool (e.g. the paper's anchors inside the image).
+  Returns RPNTargets with labels [N, T], sampled [N, T], matched_boxes and deltas [N, T, 4].
+  """
+  fn = "anchor_targets"
+  t = np.shape(anchors)[0] if np.ndim(anchors) == 2 else None
+  _check(anchors, (t, 4), "anchors", "[T, 4] (x1, y1, x2, y2)", fn)
+  _check(gt_boxes, (None, None, 4), "gt_boxes", "[N, G, 4] (x1, y1, x2, y2), padded", fn)
+  n, g = np.shape(gt_boxes)[:2]
+  _check(gt_valid, (n, g), "gt_valid", f"[N, G] = [{n}, {g}] bool", fn)
+  per_image = anchor_valid is not None and np.ndim(anchor_valid) == 2
+  if anchor_valid is not None:
+    _check(anchor_valid, (n, t) if per_image else (t,), "anchor_valid", "[T] or [N, T] bool", fn)
+  targets = functools.partial(
+    assign.rpn_targets,
+    num_samples=batch_size_per_image,
+    positive_fraction=positive_fraction,
+    high=fg_iou_thresh,
+    low=bg_iou_thresh,
+    allow_low_quality_matches=True,
+  )
+  return jax.vmap(
+    lambda gt, v, k, a: targets(anchors, gt, v, k, anchor_valid=a),
+    in_axes=(0, 0, 0, 0 if per_image else None),
+  )(gt_boxes, jnp.asarray(gt_valid, bool), jax.random.split(key, n), anchor_valid)
+
+
+def _smooth_l1(x, beta: float):
+  ax = jnp.abs(x)
+  return jnp.where(ax < beta, 0.5 * x * x / beta, ax - 0.5 * beta)
+
+
+def rpn_loss(
+  objectness,
+  deltas,
+  anchors,
+  gt_boxes,
+  gt_valid,
+  key,
+  *,
+  batch_size_per_image: int = 256,
+  positive_fraction: float = 0.5,
+  fg_iou_thresh: float = 0.7,
+  bg_iou_thresh: float = 0.3,
+  anchor_valid=None,
+) -> dict[str, jax.Array]:
+  """The RPN's losses: torchvision's `RegionProposalNetwork.compute_loss`.
+
+  objectness: [N, T] logits; deltas: [N, T, 4]; anchors: [T, 4]; gt_boxes: [N, G, 4]
+  padded; gt_valid: [N, G] bool; key: PRNG key of the sampling; the rest as
+  `anchor_targets`. With S the sampled anchors of the whole batch:
+  loss_objectness = mean over S of the binary cross-entropy with logits, and
+  loss_rpn_box_reg = sum over the positives of S of smooth L1 (beta 1/9) / |S|.
+  An image without ground truth contributes negatives only. (|S| is taken as at least 1;
+  torchvision gives NaN when no anchor can be sampled.)
+  Returns {"loss_objectness": [], "loss_rpn_box_reg": []} float32.
+  """
+  t = anchor_targets(
+    anchors,
+    gt_boxes,
+    gt_valid,
+    key,
+    batch_size_per_image=batch_size_per_image,
+    positive_fraction=positive_fraction,
+    fg_iou_thresh=fg_iou_thresh,
+    bg_iou_thresh=bg_iou_thresh,
+    anchor_valid=anchor_valid,
+  )
+  _check(objectness, t.labels.shape, "objectness", f"[N, T] = {list(t.labels.shape)}", "rpn_loss")
+  _check(deltas, t.deltas.shape, "deltas", f"[N, T, 4] = {list(t.deltas.shape)}", "rpn_loss")
+  x = jnp.asarray(objectness, jnp.float32)
+  y = (t.labels == 1).astype(jnp.float32)
+  num_sampled = jnp.maximum(t.sampled.sum(), 1).astype(jnp.float32)
+  # log(1 + exp(x)) - x y without overflow, torch's binary_cross_entropy_with_logits.
+  bce = jnp.maximum(x, 0) - x * y + jnp.log1p(jnp.exp(-jnp.abs(x)))
+  positive = t.sampled & (t.labels == 1)
+  box = _smooth_l1(jnp.asarray(deltas, jnp.float32) - t.deltas, 1 / 9).sum(axis=-1)
+  return {
+    "loss_objectness": jnp.where(t.sampled, bce, 0).sum() / num_sampled,
+    "loss_rpn_box_reg": jnp.where(positive, box, 0).sum() / num_sampled,
+  }
+
+
+class RPN(nn.Module):
+  """The head, its anchors, proposals and loss, with torchvision's `RegionProposalNetwork`
+  settings (FasterRCNN's `rpn_*` keywords without the prefix; defaults are
+  fasterrcnn_resnet50_fpn's).
+
+  `__call__(features, image_sizes=None, gt_boxes=None, gt_valid=None, *, image_shape_hw,
+  train=False)`: features [L] maps [N, H_l, W_l, C] (or a dict, read in its order);
+  image_sizes [N, 2] (height, width) of each image inside the padded batch (None: the
+  whole (H, W)); image_shape_hw the static (H, W) of the padded batch, from which the
+  anchors' strides follow as torchvision computes them; in training gt_boxes [N, G, 4]
+  and gt_valid [N, G], and the "sample" RNG stream draws the anchors of the loss.
+  Returns (proposals {"boxes": [N, P, 4], "scores": [N, P], "valid": [N, P]}, P the
+  post_nms_top_n of the mode; losses, {} or rpn_loss's dict in training;
+  out {"objectness": [N, T], "deltas": [N, T, 4], "anchors": [T, 4]}).
+  """
+
+  anchor_sizes: Sequence[Sequence[float]] = FPN_ANCHOR_SIZES
+  aspect_ratios: Sequence[Any] = anchors_lib.ASPECT_RATIOS
+  pre_nms_top_n_train: int = 2000
+  pre_nms_top_n_test: int = 1000
+  post_nms_top_n_train: int = 2000
+  post_nms_top_n_test: int = 1000
+  nms_thresh: float = 0.7
+  fg_iou_thresh: float = 0.7
+  bg_iou_thresh: float = 0.3
+  batch_size_per_image: int = 256
+  positive_fraction: float = 0.5
+  score_thresh: float = 0.0
+  conv_depth: int = 1
+  conv: ModuleDef = Conv
+  dtype: Any = jnp.float32
+
+  @property
+  def num_anchors(self) -> int:
+    """A, anchors per position; torchvision's head needs the same A on every level."""
+    ratios = self.aspect_ratios
+    per_level = ratios if not np.isscalar(ratios[0]) else (ratios,) * len(self.anchor_sizes)
+    counts = {len(s) * len(r) for s, r in zip(self.anchor_sizes, per_level)}
+    if len(counts) != 1:
+      raise ValueError(
+        f"RPN: every level needs the same number of anchors for the shared head; sizes "
+        f"{self.anchor_sizes} and aspect_ratios {self.aspect_ratios} give {sorted(counts)}."
+      )
+    return counts.pop()
+
+  @nn.compact
+  def __call__(
+    self, features, image_sizes=None, gt_boxes=None, gt_valid=None, *, image_shape_hw, train=False
+  ):
+    maps = _maps(features, type(self).__name__)
+    head = RPNHead(self.num_anchors, self.conv_depth, self.conv, self.dtype, name="head")
+    obj_maps, delta_maps = head(maps)
+    objectness, deltas = flatten_predictions(obj_maps, delta_maps)
+    anchors = jnp.asarray(
+      anchors_lib.multilevel_anchors(
+        image_shape_hw, [m.shape[1:3] for m in maps], self.anchor_sizes, self.aspect_ratios
+      )
+    )
+    n = maps[0].shape[0]
+    if image_sizes is None:
+      image_sizes = jnp.broadcast_to(jnp.asarray(image_shape_hw, jnp.float32), (n, 2))
+    boxes, scores, valid = proposals(
+      objectness,
+      deltas,
+      anchors,
+      image_sizes,
+      anchors_per_level(obj_maps),
+      pre_nms_top_n=self.pre_nms_top_n_train if train else self.pre_nms_top_n_test,
+      post_nms_top_n=self.post_nms_top_n_train if train else self.post_nms_top_n_test,
+      nms_thresh=self.nms_thresh,
+      score_thresh=self.score_thresh,
+    )
+    losses = {}
+    if train:
+      if gt_boxes is None or gt_valid is None:
+        raise ValueError("RPN: training needs gt_boxes [N, G, 4] and gt_valid [N, G].")
+      losses = rpn_loss(
+        objectness,
+        deltas,
+        anchors,
+        gt_boxes,
+        gt_valid,
+        self.make_rng("sample"),
+        batch_size_per_image=self.batch_size_per_image,
+        positive_fraction=self.positive_fraction,
+        fg_iou_thresh=self.fg_iou_thresh,
+        bg_iou_thresh=self.bg_iou_thresh,
+      )
+    out = {"objectness": objectness, "deltas": deltas, "anchors": anchors}
+    return {"boxes": boxes, "scores": scores, "valid": valid}, losses, out
