@@ -1,7 +1,7 @@
 """Training and inference images/s of each classifier in Flax and in torchvision, side by side.
 
     python benchmarks/throughput.py [--models resnet.ResNet50,...] [--batch 16] [--size 224]
-        [--steps 5] [--warmup 2] [--json out.json] [--profile]
+        [--steps 5] [--warmup 2] [--conv both|onednn|lax] [--json out.json] [--profile]
 
 Both libraries run in this one process on the same machine (CPU, or the GPU when
 JAX and torch both see one), with the same weights (torchvision's, converted),
@@ -9,8 +9,13 @@ the same batch and the same step: forward, softmax cross-entropy (plus 0.3 x the
 auxiliary losses for GoogLeNet), backward, SGD with momentum. Printed per model:
 images/s of each, the ratio Flax / torchvision, and the fraction of the
 machine's measured float32 matmul peak that the Flax step reaches (its FLOPs
-from XLA's cost analysis of the program lowered for the CPU). Needs only jax,
+from XLA's cost analysis of the lax program lowered for the CPU). Needs only jax,
 flax, optax, torch, torchvision.
+
+--conv picks the path of Flax's convolutions (research.models.layers): on the CPU
+"both" (the default) times Flax twice, on oneDNN (research.ops.onednn) and on
+lax, and prints the lax images/s beside; "onednn" or "lax" times one. Where the
+oneDNN extension is not available (or on a GPU) both paths are lax.
 
 --profile also traces one Flax training step with `jax.profiler` and prints
 where its time goes: the compiled program's operations grouped by kind (XLA's
@@ -24,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import functools
 import glob
 import importlib
 import json
@@ -43,6 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from research import models  # noqa: E402
 from research.convert import torchvision as tv_convert  # noqa: E402
+from research.models import layers  # noqa: E402
 
 # Flax variant -> torchvision constructor name and keyword arguments.
 TORCHVISION = {
@@ -53,7 +58,10 @@ TORCHVISION = {
   "densenet.DenseNet121": ("densenet121", {}),
   "googlenet.GoogLeNet": ("googlenet", {"aux_logits": True, "init_weights": True}),
 }
-DEFAULT = "alexnet.AlexNet,vgg.VGG16,resnet.ResNet50,densenet.DenseNet121,googlenet.GoogLeNet"
+DEFAULT = (
+  "alexnet.AlexNet,vgg.VGG16,resnet.ResNet18,resnet.ResNet50,densenet.DenseNet121,"
+  "googlenet.GoogLeNet"
+)
 
 
 def _timed(fn, steps: int, warmup: int) -> float:
@@ -118,8 +126,14 @@ def profile(fn, top: int = 12) -> str:
   return "\n".join(lines)
 
 
-def flax_timings(name, state_dict, x, labels, steps, warmup, profiled=False):
-  """(train s/step, infer s/step, train FLOPs/step) of the Flax model."""
+def flax_timings(name, state_dict, x, labels, steps, warmup, profiled=False, conv="auto"):
+  """(train s/step, infer s/step, train FLOPs/step, profile) of the Flax model, its
+  convolutions on `conv` ("auto", "onednn" or "lax": research.models.layers)."""
+  with layers.use_conv_path(conv):
+    return _flax_timings(name, state_dict, x, labels, steps, warmup, profiled)
+
+
+def _flax_timings(name, state_dict, x, labels, steps, warmup, profiled):
   model = models.resolve(name)(num_classes=1000)
   variables = tv_convert.convert(state_dict, model, input_shape=(1, *x.shape[1:]))
   params, batch_stats = variables["params"], variables.get("batch_stats", {})
@@ -138,14 +152,14 @@ def flax_timings(name, state_dict, x, labels, steps, warmup, profiled=False):
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     return loss + _aux_loss(out, labels), updates.get("batch_stats", batch_stats)
 
-  @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
-  def train_step(params, batch_stats, opt_state, x, labels):
+  def step(params, batch_stats, opt_state, x, labels):
     (_, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       params, batch_stats, x, labels
     )
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), batch_stats, opt_state
 
+  train_step = jax.jit(step, donate_argnums=(0, 1, 2))
   infer = jax.jit(lambda v, x: model.apply(v, x, train=False)[0])
   x, labels = jnp.asarray(x), jnp.asarray(labels)
   infer_s = _timed(lambda: infer(variables, x).block_until_ready(), steps, warmup)
@@ -153,9 +167,11 @@ def flax_timings(name, state_dict, x, labels, steps, warmup, profiled=False):
   state = jax.tree.map(jnp.copy, [params, batch_stats, tx.init(params)])
   traced = train_step.trace(*state, x, labels)
   compiled = traced.lower().compile()
-  # Counted on the program lowered for the CPU: lowered or compiled for a GPU, its
-  # convolutions are library calls that XLA's cost analysis counts as zero.
-  cost = traced.lower(lowering_platforms=("cpu",)).cost_analysis()
+  # Counted on the lax program lowered for the CPU: oneDNN's custom calls, and a GPU's
+  # library calls, are convolutions that XLA's cost analysis counts as zero.
+  with layers.use_conv_path("lax"):
+    lax_traced = jax.jit(step).trace(*state, x, labels)
+  cost = lax_traced.lower(lowering_platforms=("cpu",)).cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   flops = float(cost.get("flops", 0.0)) if cost else 0.0
 
@@ -212,6 +228,12 @@ def main(argv=None):
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--json", default=None, help="also write the rows to this file")
   parser.add_argument(
+    "--conv",
+    choices=("both", "onednn", "lax"),
+    default="both",
+    help="path of Flax's convolutions: both (oneDNN, with lax beside), onednn or lax",
+  )
+  parser.add_argument(
     "--profile", action="store_true", help="print where one Flax training step spends its time"
   )
   parser.add_argument(
@@ -238,9 +260,13 @@ def main(argv=None):
     f"{torch.get_num_threads()}, "
     f"float32 matmul peak {peak / 1e9:.0f} GFLOP/s"
   )
+  paths = {"both": ("auto", "lax"), "onednn": ("auto",), "lax": ("lax",)}[args.conv]
+  with layers.use_conv_path(paths[0]):
+    conv = layers.conv_path() if device == "cpu" else "lax"
+  print(f"Flax convolutions: {conv}" + (", lax beside" if len(paths) > 1 else ""))
   header = (
     f"{'model':24} {'train img/s':>22} {'ratio':>6} {'infer img/s':>22} {'ratio':>6} "
-    f"{'Flax % peak':>11}"
+    f"{'Flax % peak':>11}" + (f" {'lax train':>10} {'lax infer':>10}" if len(paths) > 1 else "")
   )
   print(
     header + "\n" + f"{'':24} {'flax':>10} {'torchvision':>11} {'':6} {'flax':>10} "
@@ -259,11 +285,12 @@ def main(argv=None):
       tv_name, kwargs, x, labels, args.steps, args.warmup, device
     )
     f_train, f_infer, flops, step_profile = flax_timings(
-      name, state_dict, x, labels, args.steps, args.warmup, profiled=args.profile
+      name, state_dict, x, labels, args.steps, args.warmup, profiled=args.profile, conv=paths[0]
     )
     row = {
       "model": name,
       "device": device,
+      "flax_conv": conv,
       "batch": args.batch,
       "size": args.size,
       "precision": args.precision,
@@ -277,13 +304,21 @@ def main(argv=None):
     }
     row["train_ratio"] = row["flax_train_img_s"] / row["torch_train_img_s"]
     row["infer_ratio"] = row["flax_infer_img_s"] / row["torch_infer_img_s"]
+    lax_columns = ""
+    if len(paths) > 1:
+      l_train, l_infer, _, _ = flax_timings(
+        name, state_dict, x, labels, args.steps, args.warmup, conv="lax"
+      )
+      row["flax_lax_train_img_s"] = args.batch / l_train
+      row["flax_lax_infer_img_s"] = args.batch / l_infer
+      lax_columns = f" {row['flax_lax_train_img_s']:10.1f} {row['flax_lax_infer_img_s']:10.1f}"
     rows.append(row)
     frac = row["flax_train_fraction_of_peak"]
     print(
       f"{name:24} {row['flax_train_img_s']:10.1f} {row['torch_train_img_s']:11.1f} "
       f"{row['train_ratio']:6.2f} {row['flax_infer_img_s']:10.1f} "
       f"{row['torch_infer_img_s']:11.1f} {row['infer_ratio']:6.2f} "
-      f"{(100 * frac if frac else float('nan')):10.1f}%",
+      f"{(100 * frac if frac else float('nan')):10.1f}%" + lax_columns,
       flush=True,
     )
     if step_profile:

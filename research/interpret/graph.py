@@ -14,13 +14,20 @@ from typing import Any
 import jax
 from jax.extend import core
 
+from research.models import layers
+
 # Primitives that only wrap a sub-program; evaluating their body is the same computation.
 CALLS = ("jit", "pjit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call")
 
 
 def trace(fn: Callable, *args) -> core.ClosedJaxpr:
-  """The closed program of `fn(*args)`; parameters closed over become its constants."""
-  return jax.make_jaxpr(fn)(*args)
+  """The closed program of `fn(*args)`; parameters closed over become its constants.
+
+  Convolutions are traced as lax's primitives (not oneDNN's custom calls), which the
+  methods read.
+  """
+  with layers.use_conv_path("lax"):
+    return jax.make_jaxpr(fn)(*args)
 
 
 def body(eqn: core.JaxprEqn) -> core.ClosedJaxpr | None:

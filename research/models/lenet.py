@@ -31,7 +31,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from research.models import check_num_classes
+from research.models import check_num_classes, layers
 from research.models.inputs import check_images
 
 
@@ -63,12 +63,12 @@ class LeNet5(nn.Module):
     out = {}
     x = x.astype(self.dtype)
     for i, features in enumerate((6, 16), start=1):
-      x = out[f"conv{i}"] = nn.Conv(
+      x = out[f"conv{i}"] = layers.Conv(
         features, (5, 5), padding="VALID", dtype=self.dtype, name=f"conv{i}"
       )(x)
       x = out[f"tanh{i}"] = jnp.tanh(x)
       x = out[f"pool{i}"] = nn.avg_pool(x, (2, 2), strides=(2, 2))
-    x = out["conv3"] = nn.Conv(120, (5, 5), padding="VALID", dtype=self.dtype, name="conv3")(x)
+    x = out["conv3"] = layers.Conv(120, (5, 5), padding="VALID", dtype=self.dtype, name="conv3")(x)
     x = out["tanh3"] = jnp.tanh(x)
     if not self.num_classes:
       return None, out
