@@ -33,6 +33,7 @@ import numpy as np
 from jax import lax
 
 from research.detection.assign import roi_targets
+from research.detection.rpn import image_keys
 from research.models.alexnet import flatten_chw
 from research.ops import boxes as box_ops
 from research.ops.conv import _pair
@@ -444,11 +445,13 @@ class RoIHeads(nn.Module):
     image_shape,
     targets=None,
     train: bool = False,
+    keys=None,
   ):
     """features: {name: [N, H_l, W_l, C]}; proposals: [N, P, 4] image pixels; proposal_valid:
     [N, P] bool; image_hw: [N, 2] each image's size before padding (clipping); image_shape:
     static (H, W) of the padded batch (feature scales); targets (train): {"boxes" [N, G, 4],
-    "labels" [N, G] int >= 1, "valid" [N, G] bool}; train samples with the "sample" rng.
+    "labels" [N, G] int >= 1, "valid" [N, G] bool}; train samples with the "sample" rng, or
+    with `keys`, one per image (`research.detection.rpn.image_keys`).
 
     Returns (detections, losses): in training (None, {"loss_classifier", "loss_box_reg"}),
     else (postprocess's dict, {}).
@@ -461,7 +464,7 @@ class RoIHeads(nn.Module):
     if train:
       if targets is None:
         raise ValueError("RoIHeads: training needs targets {'boxes', 'labels', 'valid'}")
-      keys = jax.random.split(self.make_rng("sample"), proposals.shape[0])
+      keys = image_keys(self.make_rng("sample") if keys is None else keys, proposals.shape[0])
       sample = functools.partial(
         roi_targets,
         num_samples=self.batch_size_per_image,

@@ -47,6 +47,7 @@ __all__ = [
   "anchors_per_level",
   "proposals",
   "anchor_targets",
+  "image_keys",
   "rpn_loss",
   "FPN_ANCHOR_SIZES",
 ]
@@ -245,7 +246,7 @@ def anchor_targets(
   anchor_valid=None,
 ) -> assign.RPNTargets:
   """`assign.rpn_targets` of every image of a batch, image i drawing with
-  `jax.random.split(key, N)[i]`.
+  `image_keys(key, N)[i]` (key: one key, or one per image).
 
   anchors: [T, 4]; gt_boxes: [N, G, 4] padded; gt_valid: [N, G] bool; key: a PRNG key;
   anchor_valid: None, [T] or [N, T] bool (e.g. the paper's anchors inside the image).
@@ -271,7 +272,22 @@ def anchor_targets(
   return jax.vmap(
     lambda gt, v, k, a: targets(anchors, gt, v, k, anchor_valid=a),
     in_axes=(0, 0, 0, 0 if per_image else None),
-  )(gt_boxes, jnp.asarray(gt_valid, bool), jax.random.split(key, n), anchor_valid)
+  )(gt_boxes, jnp.asarray(gt_valid, bool), image_keys(key, n), anchor_valid)
+
+
+def image_keys(key, n: int) -> jax.Array:
+  """[N] keys, one per image: `key` itself when it already holds N keys ([N] typed or
+  [N, 2] raw, e.g. `research.train.steps.example_keys`, which keeps draws the same on one
+  device and across devices), else `jax.random.split(key, N)`."""
+  typed = jnp.issubdtype(jnp.result_type(key), jax.dtypes.prng_key)
+  if jnp.ndim(key) == (1 if typed else 2):
+    if jnp.shape(key)[0] != n:
+      raise ValueError(
+        f"key: expected one key or {n} keys (one per image); received {n} images "
+        f"and keys of shape {jnp.shape(key)}."
+      )
+    return key
+  return jax.random.split(key, n)
 
 
 def _smooth_l1(x, beta: float):
@@ -340,7 +356,8 @@ class RPN(nn.Module):
   image_sizes [N, 2] (height, width) of each image inside the padded batch (None: the
   whole (H, W)); image_shape_hw the static (H, W) of the padded batch, from which the
   anchors' strides follow as torchvision computes them; in training gt_boxes [N, G, 4]
-  and gt_valid [N, G], and the "sample" RNG stream draws the anchors of the loss.
+  and gt_valid [N, G], and the "sample" RNG stream draws the anchors of the loss (or
+  `keys`, one per image: see `image_keys`).
   Returns (proposals {"boxes": [N, P, 4], "scores": [N, P], "valid": [N, P]}, P the
   post_nms_top_n of the mode; losses, {} or rpn_loss's dict in training;
   out {"objectness": [N, T], "deltas": [N, T, 4], "anchors": [T, 4]}).
@@ -377,7 +394,15 @@ class RPN(nn.Module):
 
   @nn.compact
   def __call__(
-    self, features, image_sizes=None, gt_boxes=None, gt_valid=None, *, image_shape_hw, train=False
+    self,
+    features,
+    image_sizes=None,
+    gt_boxes=None,
+    gt_valid=None,
+    *,
+    image_shape_hw,
+    train=False,
+    keys=None,
   ):
     maps = _maps(features, type(self).__name__)
     head = RPNHead(self.num_anchors, self.conv_depth, self.conv, self.dtype, name="head")
@@ -412,7 +437,7 @@ class RPN(nn.Module):
         anchors,
         gt_boxes,
         gt_valid,
-        self.make_rng("sample"),
+        self.make_rng("sample") if keys is None else keys,
         batch_size_per_image=self.batch_size_per_image,
         positive_fraction=self.positive_fraction,
         fg_iou_thresh=self.fg_iou_thresh,
