@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from research.detection import rpn as rpn_lib
-from research.detection.roi_heads import RoIHeads, VGGBoxHead
+from research.detection.roi_heads import RoIHeads, TwoMLPHead, VGGBoxHead
 from research.models import resnet, vgg
 from research.models.fpn import FeaturePyramidNetwork
 from research.models.norms import FrozenBatchNorm
@@ -220,6 +220,35 @@ FasterRCNN_VGG16 = functools.partial(
     spatial_scale=1 / 16,
     batch_size_per_image=128,
     nms_thresh=0.3,
+  ),
+)
+
+# Scenes of 128x128 with objects of 16..64 pixels (digit_scenes/multi, the :runlocal
+# experiments): ResNet-18 at a quarter width (resnet18_imagenet:runlocal's classifier, so
+# its checkpoint initializes "backbone/body") with batch norm that trains (batches of
+# several scenes estimate statistics well, unlike torchvision's one or two photographs),
+# an FPN of 64 channels, anchors of 16..256 pixels, fewer proposals and a smaller box head.
+FasterRCNN_ResNet18_FPN_Scenes = functools.partial(
+  FasterRCNN,
+  backbone=functools.partial(
+    ResNetFPN,
+    resnet=functools.partial(resnet.ResNet18, num_filters=16),
+    norm=None,
+    out_channels=64,
+  ),
+  rpn=functools.partial(
+    rpn_lib.RPN,
+    anchor_sizes=((16,), (32,), (64,), (128,), (256,)),
+    pre_nms_top_n_train=1000,
+    post_nms_top_n_train=500,
+    pre_nms_top_n_test=500,
+    post_nms_top_n_test=300,
+  ),
+  roi_heads=functools.partial(
+    RoIHeads,
+    box_head=functools.partial(TwoMLPHead, 256),
+    batch_size_per_image=128,
+    detections_per_img=50,
   ),
 )
 

@@ -1,4 +1,7 @@
-"""Flax linen models, one file per family; configs name them by import path (`lenet.LeNet5`)."""
+"""Flax linen models, one file per family; configs name them by import path (`lenet.LeNet5`).
+
+The detectors live in research.detection, one module each (`DETECTORS`), and configs name
+them the same way (`faster_rcnn.FasterRCNN_ResNet50_FPN`)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ import flax.linen as nn
 
 # Modules of this package that hold no classifier: helpers, layers, and the necks.
 _NOT_FAMILIES = ("fpn", "inputs", "layers", "norms", "summary")
+# Modules of research.detection that hold detectors (the others hold their parts).
+DETECTORS = ("faster_rcnn",)
 
 
 def families() -> list[str]:
@@ -46,11 +51,13 @@ def resolve(name: str):
       f"not a model family; expected 'FAMILY.VARIANT' with FAMILY one of {families()}, "
       "e.g. 'resnet.ResNet18'."
     )
-  if family not in families():
+  if family not in families() + list(DETECTORS):
     raise ValueError(
-      f"model: unknown model {name!r}; expected 'FAMILY.VARIANT' with FAMILY one of {families()}."
+      f"model: unknown model {name!r}; expected 'FAMILY.VARIANT' with FAMILY one of "
+      f"{families() + list(DETECTORS)}."
     )
-  module = importlib.import_module(f"{__name__}.{family}")
+  package = "research.detection" if family in DETECTORS else __name__
+  module = importlib.import_module(f"{package}.{family}")
   valid = [
     v
     for v in variants(module)

@@ -1,0 +1,132 @@
+"""The detection task: image -> boxes, class labels, scores. Inputs, loss, evaluators, figures.
+
+Records of the data set (`config.dataset`, a key of research.data.detection.ADAPTERS) are
+adapted to the detection schema, then `DetectionTransform` gives fixed shapes: the image
+resized so its longer side is `config.input.size` and padded to a size x size canvas, the
+objects padded to `config.input.max_boxes` with a validity mask; training flips left-right
+with `config.input.flip_probability` (0.5, the papers'). The model (a
+research.detection detector) is called with the batch's image sizes, and in training with
+the ground truth and each image's global index, from which it draws its anchor and RoI
+samples (research.train.steps.example_keys).
+
+config.evals lists evaluators of `EVALUATORS`, by default `detection_ap` (VOC07 mAP@0.5
+and COCO AP, research.train.evaluators.DetectionAP) on the test split every
+`eval_every_steps`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ml_collections import ConfigDict
+
+from research.data import detection as data
+from research.detection.faster_rcnn import detection_loss
+from research.train import evaluators
+from research.train.tasks import Inputs
+from research.train.writer import read_metrics
+
+
+def loss_fn(config: ConfigDict):
+  """The detector's summed losses (`research.detection.faster_rcnn.detection_loss`)."""
+  del config
+  return detection_loss
+
+
+def _identity(batch):
+  return batch
+
+
+class _Records:
+  """Adapts a raw record of `dataset` to the schema, then transforms it (train: with rng)."""
+
+  def __init__(self, dataset: str, transform, masks: bool):
+    if dataset not in data.ADAPTERS:
+      raise ValueError(
+        f"dataset: the detection task needs one of {sorted(data.ADAPTERS)}; received {dataset!r}."
+      )
+    self.adapter, self.transform, self.masks = data.ADAPTERS[dataset], transform, masks
+
+  def _record(self, record: dict) -> dict:
+    record = self.adapter(record)
+    if not self.masks:
+      record.pop("masks", None)  # a box detector never reads them: keep batches small
+    return record
+
+  def __call__(self, record: dict, rng=None) -> dict:
+    if rng is None:
+      return self.transform(self._record(record))
+    return self.transform(self._record(record), rng)
+
+
+def input_fns(config: ConfigDict, num_classes: int) -> Inputs:
+  """The per-record transforms `config.input` describes (size, max_boxes, value_range, mean,
+  std, channels, flip_probability, masks)."""
+  c = config.input
+  optional = lambda key: tuple(c[key]) if c.get(key) is not None else None  # noqa: E731
+  kwargs = dict(
+    size=c.size,
+    max_boxes=c.max_boxes,
+    num_classes=num_classes,
+    value_range=tuple(c.get("value_range", (0.0, 1.0))),
+    mean=optional("mean"),
+    std=optional("std"),
+    channels=c.get("channels"),
+  )
+  masks = bool(c.get("masks", False))
+  train = data.RandomDetectionTransform(**kwargs, flip_probability=c.get("flip_probability", 0.5))
+  return Inputs(
+    transform=_identity,
+    train_record=_Records(config.dataset, train, masks),
+    eval_record=_Records(config.dataset, data.DetectionTransform(**kwargs), masks),
+  )
+
+
+def model_kwargs(batch: dict, *, train: bool) -> dict:
+  """Each image's size inside the canvas; in training the padded ground truth and the
+  images' global positions (per-image sample keys)."""
+  kwargs = {"image_size": batch["image_size"]}
+  if train:
+    kwargs |= {
+      "boxes": batch["boxes"],
+      "labels": batch["labels"],
+      "valid": batch["valid"],
+      "example_index": batch["example_index"],
+    }
+  return kwargs
+
+
+EVALUATORS = {"detection_ap": evaluators.DetectionAP}
+
+
+def default_evals(config: ConfigDict) -> list[ConfigDict]:
+  """VOC07 mAP@0.5 and COCO AP on the test split every `config.eval_every_steps`."""
+  return [
+    ConfigDict({"type": "detection_ap", "split": "test", "every_steps": config.eval_every_steps})
+  ]
+
+
+def figures(workdir: str) -> list[str]:
+  """figures/learning_curves.png: the detector's losses and the test AP against steps."""
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+
+  rows = read_metrics(workdir)
+  train = [r for r in rows if r["split"] == "train"]
+  test = [r for r in rows if r["split"] == "test" and "test_map50" in r]
+  fig = Figure(figsize=(9, 3.5))
+  ax1, ax2 = fig.subplots(1, 2)
+  for key in ("loss", "loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"):
+    if train and key in train[0]:
+      ax1.plot([r["step"] for r in train], [r[key] for r in train], label=key)
+  ax1.set(xlabel="step", ylabel="loss", title="training losses", yscale="log")
+  ax1.legend(fontsize=7)
+  for key, label in (("test_map50", "VOC07 mAP@0.5"), ("test_coco_ap", "COCO AP")):
+    if test:
+      ax2.plot([r["step"] for r in test], [r[key] for r in test], "o-", label=label)
+  ax2.set(xlabel="step", ylabel="AP", title="test AP", ylim=(0, 1))
+  ax2.legend()
+  fig.tight_layout()
+  path = os.path.join(workdir, "figures", "learning_curves.png")
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fig.savefig(path, dpi=120)
+  return [path]
