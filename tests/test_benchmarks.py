@@ -1,7 +1,8 @@
-"""benchmarks/throughput.py end to end on a tiny setting: the rows it writes and its profile."""
+"""The benchmarks end to end on tiny settings: the rows they write, throughput.py's profile."""
 
 import importlib.util
 import json
+import math
 import os
 
 import pytest
@@ -40,3 +41,28 @@ def test_throughput_rejects_an_unknown_model():
   throughput = _module("throughput")
   with pytest.raises(ValueError, match=r"--models: expected names from .*received 'vgg.VGG17'"):
     throughput.main(["--models", "vgg.VGG17", "--batch", "1", "--size", "64"])
+
+
+def test_detectors_rows(tmp_path):
+  detectors = _module("detectors")
+  out = tmp_path / "rows.json"
+  argv = ["--batch", "1", "--size", "96", "--max-size", "128", "--steps", "1", "--warmup", "1"]
+  detectors.main([*argv, "--json", str(out)])
+  infer, train = json.loads(out.read_text())
+  assert (infer["mode"], train["mode"]) == ("infer", "train")
+  assert infer["image_hw"] == [96, 128] and infer["batch"] == 1
+  for row in (infer, train):
+    assert row["flax"] > 0 and row["torchvision"] > 0
+  # The same converted weights and inputs: the RPN keeps the same proposals on both sides
+  # (up to an NMS tie that float rounding may flip on another CPU).
+  assert infer["flax_proposals"] == pytest.approx(infer["torch_proposals"], rel=0.02)
+  assert math.isfinite(train["flax_loss"]) and math.isfinite(train["torch_loss"])
+  assert 0 <= infer["flax_detections"] <= 100 and 0 <= infer["torch_detections"] <= 100
+  # ResNet-50-FPN, RPN head and box head of 91 classes, batch norms frozen on both sides.
+  assert train["trained_params"] == 41_755_286
+
+
+def test_detectors_rejects_an_unknown_mode():
+  detectors = _module("detectors")
+  with pytest.raises(ValueError, match=r"--modes: expected infer, train .*received 'eval'"):
+    detectors.main(["--modes", "eval"])
