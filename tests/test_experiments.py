@@ -8,8 +8,7 @@ import pytest
 
 from research import models
 from research.data import datasets
-from research.train import loop, optimizers
-from research.train.tasks import classification
+from research.train import loop, optimizers, tasks
 from tests.conftest import ROOT
 
 MODULES = sorted(
@@ -31,7 +30,7 @@ def test_variants_resolve(name, arg):
   spec = datasets.get_spec(config.dataset)
   model = models.resolve(config.model)(num_classes=spec.num_classes, **config.model_kwargs)
   assert model.num_classes == spec.num_classes
-  classification.resolve_loss(config.loss)
+  assert callable(tasks.resolve(config.get("task", "classification")).loss_fn(config))
   optimizers.make_optimizer(config.optimizer, config.total_steps)
   assert config.total_steps >= config.checkpoint_every_steps >= 1
   if config.get("analysis"):

@@ -28,8 +28,13 @@ from research.train.writer import read_metrics
 
 
 def loss_fn(config: ConfigDict):
-  """The detector's summed losses (`research.detection.faster_rcnn.detection_loss`)."""
-  del config
+  """The detector's summed losses (`research.detection.faster_rcnn.detection_loss`);
+  config.loss, where set, must say "detection"."""
+  if config.get("loss", "detection") != "detection":
+    raise ValueError(
+      f"loss: the detection task's loss is the detector's own, 'detection'; received "
+      f"{config.loss!r}."
+    )
   return detection_loss
 
 

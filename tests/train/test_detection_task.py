@@ -1,0 +1,64 @@
+"""The detection task through the one training loop: a Faster R-CNN trains on digit_scenes/multi
+and is evaluated with DetectionAP; bad task settings are errors before training."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from ml_collections import ConfigDict
+
+from experiments import faster_rcnn_voc2007
+from research.train import loop, tasks
+from research.train.writer import read_metrics
+
+
+def _config() -> ConfigDict:
+  c = faster_rcnn_voc2007.get_config("runlocal")
+  c.init.path = ""  # the pretrained classifier is another experiment's run
+  c.batch_size = 2
+  c.eval_batch_size = 10
+  c.total_steps = 4
+  c.log_every_steps = 2
+  c.checkpoint_every_steps = 4
+  c.evals = [
+    ConfigDict({"type": "detection_ap", "split": "test[:20]", "prefix": "test_", "every_steps": 0})
+  ]
+  return c
+
+
+def test_faster_rcnn_trains_and_is_evaluated_by_the_loop(tmp_path):
+  workdir = str(tmp_path / "run")
+  results = loop.train_and_evaluate(_config(), workdir)
+  for key in ("test_map50", "test_coco_ap", "test_coco_ap50", "test_coco_ar100"):
+    assert 0.0 <= results[key] <= 1.0, (key, results[key])
+  with open(os.path.join(workdir, "results.json")) as f:
+    assert json.load(f)["test_map50"] == results["test_map50"]
+  train = [r for r in read_metrics(workdir) if r["split"] == "train"]
+  assert [r["step"] for r in train] == [2, 4]
+  for key in ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"):
+    assert train[-1][key] >= 0
+  assert (
+    abs(
+      train[-1]["loss"]
+      - sum(
+        train[-1][k]
+        for k in ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg")
+      )
+    )
+    < 1e-4
+  )
+  assert os.path.getsize(os.path.join(workdir, "figures", "learning_curves.png")) > 0
+
+
+def test_bad_detection_settings_are_errors_naming_them():
+  detection = tasks.resolve("detection")
+  c = _config()
+  c.loss = "classification"
+  with pytest.raises(ValueError, match="loss: the detection task"):
+    detection.loss_fn(c)
+  c = _config()
+  c.dataset = "mnist5k"
+  with pytest.raises(ValueError, match="dataset: the detection task needs one of"):
+    detection.input_fns(c, 10)
