@@ -30,7 +30,13 @@ resnet18_imagenet:runlocal (R-CNN's lesson: pretrain on a large classification s
 for detection; `fc` excluded).
 Target: VOC-style mAP@0.5 >= 0.90 and COCO AP >= 0.55 on the 500 test scenes, in at most 10
 minutes on two CPU cores including the pretraining.
-Ours: see the README's detection table (measured numbers only).
+Ours (seed 0, 1,000 steps of batch 8, lr 0.02 with 50 warm-up steps, one run): VOC07
+mAP@0.5 0.8996 (just under the 0.90 target), VOC area mAP 0.950, COCO AP 0.655 (target
+0.55), AP50 0.947, AP75 0.826, AR100 0.721; 705 s on two cores shared with a benchmark (0.3
+s a step, 26 img/s; compilation about 50 s, each evaluation of the 500 scenes about 30 s),
+plus 54 s of pretraining (95.4% on mnist5k): over the 10-minute target on that loaded
+machine. After 100 steps: mAP@0.5 0.57, COCO AP 0.25. Untried yet: 2x input scale, more
+steps on an idle machine.
 """
 
 from __future__ import annotations
