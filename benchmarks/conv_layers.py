@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +25,7 @@ from jax import lax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.throughput import _timed  # noqa: E402
 from research.ops import conv_grad, onednn  # noqa: E402
 
 NHWC = conv_grad.NHWC
@@ -52,15 +52,6 @@ WEIGHT_GRAD_LAYERS = [
   (28, 16, 32, 5, 1, 2),  # GoogLeNet 3a 5x5
   (28, 128, 32, 3, 1, 1),  # DenseNet block 2
 ]
-
-
-def _timed(fn, steps, warmup):
-  for _ in range(warmup):
-    fn()
-  start = time.perf_counter()
-  for _ in range(steps):
-    fn()
-  return (time.perf_counter() - start) / steps
 
 
 def _forward_and_grads(conv):

@@ -79,6 +79,7 @@ import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import throughput  # noqa: E402
 from research.convert import torchvision as tv_convert  # noqa: E402
 from research.detection import faster_rcnn, roi_heads  # noqa: E402
 from research.models import layers  # noqa: E402
@@ -296,13 +297,7 @@ def main(argv=None):
     default="auto",
     help="path of Flax's convolutions (research.models.layers)",
   )
-  parser.add_argument(
-    "--precision",
-    choices=("default", "highest"),
-    default="default",
-    help="default: each library's own float32 default (on GPUs both may use TF32 in "
-    "convolutions); highest: full float32 in both",
-  )
+  throughput.add_precision_argument(parser)
   parser.add_argument(
     "--torch-threads",
     type=int,

@@ -64,6 +64,17 @@ DEFAULT = (
 )
 
 
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+  """--precision, the same in every benchmark that compares float32 against torch."""
+  parser.add_argument(
+    "--precision",
+    choices=("default", "highest"),
+    default="default",
+    help="default: each library's own float32 default (on GPUs both may use TF32 in "
+    "convolutions); highest: full float32 in both",
+  )
+
+
 def _timed(fn, steps: int, warmup: int) -> float:
   """Seconds per call of `fn` (which blocks until done), after `warmup` calls."""
   for _ in range(warmup):
@@ -236,13 +247,7 @@ def main(argv=None):
   parser.add_argument(
     "--profile", action="store_true", help="print where one Flax training step spends its time"
   )
-  parser.add_argument(
-    "--precision",
-    choices=("default", "highest"),
-    default="default",
-    help="default: each library's own float32 default (on GPUs both may use TF32 in "
-    "convolutions); highest: full float32 in both",
-  )
+  add_precision_argument(parser)
   args = parser.parse_args(argv)
   import torch  # pylint: disable=import-outside-toplevel
 
