@@ -63,3 +63,37 @@ def multi_test_scenes(count: int) -> list[dict]:
   images, labels, pools = digit_scenes.load_mnist5k()
   gen = digit_scenes.generate(digit_scenes.CONFIGS["multi"], "test", images, labels, pools["test"])
   return [record for _, record in itertools.islice(gen, count)]
+
+
+def write_coco_format(directory, scenes, *, stem: str = "scene") -> tuple[str, str]:
+  """digit_scenes/multi records (as the builder stores them) written as a COCO-format data set:
+  PNG images in `directory`/images and `directory`/annotations.json, whose categories are the
+  digits "0".."9" under ids 1..10 and whose boxes are the scenes' [x, y, width, height].
+  Returns (annotation file, image folder)."""
+  import json  # pylint: disable=import-outside-toplevel
+
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+
+  image_dir = os.path.join(directory, "images")
+  os.makedirs(image_dir, exist_ok=True)
+  images, annotations = [], []
+  for i, scene in enumerate(scenes):
+    name = f"{stem}{i}.png"
+    Image.fromarray(scene["image"][..., 0]).save(os.path.join(image_dir, name))
+    h, w = scene["image"].shape[:2]
+    images.append({"id": i + 1, "file_name": name, "width": w, "height": h})
+    for k in range(int(scene["num_objects"])):
+      x1, y1, x2, y2 = (float(v) for v in scene["boxes"][k])
+      annotations.append(
+        {
+          "id": len(annotations) + 1,
+          "image_id": i + 1,
+          "category_id": int(scene["labels"][k]) + 1,
+          "bbox": [x1, y1, x2 - x1, y2 - y1],
+        }
+      )
+  categories = [{"id": d + 1, "name": str(d)} for d in range(10)]
+  path = os.path.join(directory, "annotations.json")
+  with open(path, "w") as f:
+    json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
+  return path, image_dir

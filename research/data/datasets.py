@@ -29,6 +29,7 @@ class DatasetSpec:
   image_shape: (H, W, C) of the stored images, H and W None when they vary.
   builder: "module.Class" of an offline builder of this package, else None.
   config: the builder config of that builder, e.g. "single", else None.
+  class_names: the classes' names by label, where the data set names them.
   """
 
   name: str
@@ -38,6 +39,7 @@ class DatasetSpec:
   test_split: str = "test"
   builder: str | None = None
   config: str | None = None
+  class_names: tuple[str, ...] | None = None
 
 
 DATASETS = {

@@ -33,7 +33,8 @@ from ml_collections import ConfigDict
 from tqdm.auto import tqdm
 
 from research import models
-from research.data import datasets, pipeline
+from research.data import pipeline
+from research.data import sources as data_sources
 from research.train import evaluators, init, optimizers, steps, tasks
 from research.train.checkpoints import Checkpointer
 from research.train.parallel import DataParallel
@@ -139,7 +140,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
 
-  spec = datasets.get_spec(config.dataset)
+  spec, sources = data_sources.from_config(config)
   num_classes = config.get("num_classes") or spec.num_classes
   model = build_model(config, num_classes)
   parallel = DataParallel(config.parallelism)
@@ -147,7 +148,6 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
   parallel.check_batch_size(config.eval_batch_size, "eval_batch_size")
   inputs = task.input_fns(config, num_classes)
   loss_fn = task.loss_fn(config)
-  sources = lambda split: datasets.data_source(config.dataset, split, data_dir=config.data_dir)
   train_source = sources(spec.train_split)
   train_iter = pipeline.train_iterator(
     train_source,

@@ -1,7 +1,8 @@
 """The detection task: image -> boxes, class labels, scores. Inputs, loss, evaluators, figures.
 
-Records of the data set (`config.dataset`, a key of research.data.detection.ADAPTERS) are
-adapted to the detection schema, then `DetectionTransform` gives fixed shapes: the image
+Records of the data set (`config.dataset`: a key of research.data.detection.ADAPTERS, or
+"coco_format" with `config.data.annotation_file` and `config.data.image_dir`, see
+research.data.sources) are adapted to the detection schema, then `DetectionTransform` gives fixed shapes: the image
 resized so its longer side is `config.input.size` and padded to a size x size canvas, the
 objects padded to `config.input.max_boxes` with a validity mask; training flips left-right
 with `config.input.flip_probability` (0.5, the papers'). The model (a
@@ -21,6 +22,7 @@ import os
 from ml_collections import ConfigDict
 
 from research.data import detection as data
+from research.data.sources import COCO_FORMAT
 from research.detection.faster_rcnn import detection_loss
 from research.train import evaluators
 from research.train.tasks import Inputs
@@ -46,11 +48,12 @@ class _Records:
   """Adapts a raw record of `dataset` to the schema, then transforms it (train: with rng)."""
 
   def __init__(self, dataset: str, transform, masks: bool):
-    if dataset not in data.ADAPTERS:
+    adapters = {**data.ADAPTERS, COCO_FORMAT: dict}  # coco_format's records are the schema's
+    if dataset not in adapters:
       raise ValueError(
-        f"dataset: the detection task needs one of {sorted(data.ADAPTERS)}; received {dataset!r}."
+        f"dataset: the detection task needs one of {sorted(adapters)}; received {dataset!r}."
       )
-    self.adapter, self.transform, self.masks = data.ADAPTERS[dataset], transform, masks
+    self.adapter, self.transform, self.masks = adapters[dataset], transform, masks
 
   def _record(self, record: dict) -> dict:
     record = self.adapter(record)

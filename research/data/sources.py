@@ -1,0 +1,121 @@
+"""The data set a config names: its spec and a random-access source for each split.
+
+`config.dataset` is a key of research.data.datasets.DATASETS (a TFDS name), or
+"coco_format" for a user's own COCO-format data set, read from the config alone:
+
+    --config.dataset=coco_format \\
+    --config.data.annotation_file=ann/train.json --config.data.image_dir=images/train \\
+    [--config.data.test_annotation_file=ann/val.json --config.data.test_image_dir=images/val]
+
+Its classes are the file's categories (labels 0..K-1 in order of category id, their
+names in `spec.class_names`). Without a test file the test split is the training file,
+said in the log. Splits are "train" and "test", optionally sliced as TFDS slices them:
+"test[:20]", "train[10%:]".
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+
+from ml_collections import ConfigDict
+
+from research.data import datasets
+
+COCO_FORMAT = "coco_format"
+_SPLIT = re.compile(r"^(train|test)(?:\[(-?\d*%?):(-?\d*%?)\])?$")
+
+
+class Subset:
+  """Records `start:stop` of a random-access `source` (len, __getitem__)."""
+
+  def __init__(self, source, start: int, stop: int):
+    self.source, self.indices = source, range(len(source))[start:stop]
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, index: int):
+    return self.source[self.indices[index]]
+
+  def __getattr__(self, name):  # class_names, image_ids, ... of the whole file
+    return getattr(self.source, name)
+
+
+def _bound(text: str, n: int) -> int | None:
+  if not text:
+    return None
+  if text.endswith("%"):
+    return round(int(text[:-1]) * n / 100)
+  return int(text)
+
+
+def split_of(source, split: str):
+  """`source` sliced as `split` ("train", "test[:20]", "train[10%:]") says; the name is not read."""
+  match = _SPLIT.match(split)
+  if match is None:
+    raise ValueError(
+      f"split: expected 'train' or 'test', optionally sliced like 'test[:20]' or 'train[:90%]'; "
+      f"received {split!r}."
+    )
+  if match.group(2) is None and match.group(3) is None:
+    return source
+  n = len(source)
+  return Subset(source, _bound(match.group(2), n), _bound(match.group(3), n))
+
+
+def _coco_format_sources(data: ConfigDict):
+  from research.data.coco_format import CocoFormat  # pylint: disable=import-outside-toplevel
+
+  missing = [k for k in ("annotation_file", "image_dir") if not data.get(k)]
+  if missing:
+    raise ValueError(
+      f"data.{missing[0]}: dataset 'coco_format' reads its records from "
+      "config.data.annotation_file and config.data.image_dir; received "
+      f"{ {k: data.get(k) for k in ('annotation_file', 'image_dir')} }."
+    )
+  masks = bool(data.get("masks", False))
+  train = CocoFormat(data.annotation_file, data.image_dir, masks=masks)
+  if data.get("test_annotation_file"):
+    test = CocoFormat(
+      data.test_annotation_file, data.get("test_image_dir") or data.image_dir, masks=masks
+    )
+    if test.class_names != train.class_names:
+      raise ValueError(
+        f"data.test_annotation_file: its categories {list(test.class_names)[:10]} differ from "
+        f"the training file's {list(train.class_names)[:10]}."
+      )
+  else:
+    logging.info("coco_format: no data.test_annotation_file; the test split is the training file.")
+    test = train
+  spec = datasets.DatasetSpec(
+    COCO_FORMAT, (None, None, train.channels or 3), train.num_classes, class_names=train.class_names
+  )
+  files = {"train": train, "test": test}
+  return spec, lambda split: split_of(files.get(split.partition("[")[0], train), split)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_coco_format(items: tuple):
+  return _coco_format_sources(ConfigDict(dict(items)))
+
+
+def from_config(config: ConfigDict):
+  """-> (spec, sources): the DatasetSpec of `config.dataset` and `sources(split)`, a
+  random-access source of that split's records."""
+  if config.dataset == COCO_FORMAT:
+    data = config.get("data") or ConfigDict()
+    # The JSON is parsed once per process however often the config is resolved.
+    return _cached_coco_format(tuple(sorted(data.to_dict().items())))
+  spec = datasets.get_spec(config.dataset)
+  data_dir = config.get("data_dir")
+  return spec, lambda split: datasets.data_source(config.dataset, split, data_dir=data_dir)
+
+
+def class_names(spec: datasets.DatasetSpec) -> tuple[str, ...]:
+  """The spec's class names, else the labels as text."""
+  return tuple(spec.class_names or map(str, range(spec.num_classes)))
+
+
+__all__ = ["COCO_FORMAT", "Subset", "class_names", "from_config", "split_of"]
