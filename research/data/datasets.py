@@ -42,6 +42,13 @@ class DatasetSpec:
   class_names: tuple[str, ...] | None = None
 
 
+# TFDS voc's label names, by label.
+VOC_CLASSES = (
+  "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+  "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+  "tvmonitor",
+)  # fmt: skip
+
 DATASETS = {
   spec.name: spec
   for spec in (
@@ -66,8 +73,10 @@ DATASETS = {
     DatasetSpec("imagenet2012", (None, None, 3), 1000, test_split="validation"),
     # Detection (research.data.detection adapts their records). VOC 2007's papers train on
     # trainval and test on test; VOC 2012's test split has no annotations in TFDS.
-    DatasetSpec("voc/2007", (None, None, 3), 20, train_split="train+validation"),
-    DatasetSpec("voc/2012", (None, None, 3), 20, test_split="validation"),
+    DatasetSpec(
+      "voc/2007", (None, None, 3), 20, train_split="train+validation", class_names=VOC_CLASSES
+    ),
+    DatasetSpec("voc/2012", (None, None, 3), 20, test_split="validation", class_names=VOC_CLASSES),
     DatasetSpec("coco/2017", (None, None, 3), 80, test_split="validation"),
   )
 }
