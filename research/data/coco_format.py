@@ -12,7 +12,9 @@ file order. Category ids, which need not be contiguous (COCO's run 1..90 with
 gaps), map to labels 0..K-1 in order of id.
 
 Every entry is checked when the source is made, so a malformed file fails at
-once with a ValueError naming the annotation or image id and what is wrong; a
+once with a ValueError naming the annotation or image id and what is wrong (a
+box of zero or negative width or height, or entirely outside its image, among
+them: unlike research.data.detection.from_coco, nothing is dropped); a
 missing image file raises FileNotFoundError naming the image id and file name.
 Images without annotations are valid: their boxes are [0, 4].
 """
@@ -178,17 +180,23 @@ class CocoFormat:
         f"coco_format: {what}: bbox must be 4 finite numbers [x, y, width, height]; received "
         f"{bbox!r:.80}."
       )
-    if bbox[2] < 0 or bbox[3] < 0:
+    if bbox[2] <= 0 or bbox[3] <= 0:
       raise ValueError(
-        f"coco_format: {what}: bbox [x, y, width, height] = {bbox} has a negative "
-        f"{'width' if bbox[2] < 0 else 'height'}."
+        f"coco_format: {what}: bbox [x, y, width, height] = {bbox} has a zero or negative "
+        f"{'width' if bbox[2] <= 0 else 'height'}; expected both positive."
+      )
+    im = self._images[a["image_id"]]
+    x, y, w, h = bbox
+    if x >= im["width"] or y >= im["height"] or x + w <= 0 or y + h <= 0:
+      raise ValueError(
+        f"coco_format: {what}: bbox [x, y, width, height] = {bbox} lies entirely outside the "
+        f"image's {im['width']}x{im['height']} (width x height); expected part of it inside."
       )
     if a.get("iscrowd", 0) not in (0, 1):
       raise ValueError(f"coco_format: {what}: iscrowd must be 0 or 1; received {a['iscrowd']!r}.")
     if self.masks:
       if "segmentation" not in a:
         raise ValueError(f"coco_format: {what}: has no 'segmentation', and masks=True.")
-      im = self._images[a["image_id"]]
       _check_segmentation(a["segmentation"], what, im["height"], im["width"])
     return a["image_id"]
 

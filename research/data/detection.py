@@ -32,34 +32,96 @@ transform; the batch transform has nothing left to do:
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 
 from research.data import crops, datasets, transforms
-from research.ops.boxes import check_boxes
+
+log = logging.getLogger(__name__)
 
 OPTIONAL_FLAGS = ("difficult", "crowd")
+# Set by the first record with more objects than max_boxes: the warning comes once per process.
+_max_boxes_warned = False
 
 
-def check_record(record: dict, name: str = "record") -> dict:
+def _describe(record: dict, name: str) -> str:
+  """`name`, with the record's COCO image_id when it has one: what an error calls the image."""
+  if "image_id" in record:
+    return f"{name} (image_id {record['image_id']})"
+  return name
+
+
+def _coordinates(box: np.ndarray) -> str:
+  return "(x1, y1, x2, y2) = (" + ", ".join(f"{float(v):g}" for v in box) + ")"
+
+
+def _check_box_values(boxes, labels, h: int, w: int, name: str, num_classes: int | None):
+  """Raises ValueError naming the first bad box of boxes [G, 4] (float64) and labels [G]."""
+  with np.errstate(invalid="ignore"):  # inf - inf and NaN comparisons: the finite check comes first
+    finite = np.isfinite(boxes).all(axis=1)
+    x1, y1, x2, y2 = boxes.T
+    checks = (
+      (~finite, "has a NaN or infinite coordinate", "finite pixel coordinates"),
+      (
+        finite & ((x2 <= x1) | (y2 <= y1)),
+        "has a zero or negative width x2 - x1 or height y2 - y1",
+        "x1 < x2 and y1 < y2 (pixel edges: a box on columns 0..9 has x1 = 0, x2 = 10)",
+      ),
+      (
+        finite & ((x1 >= w) | (y1 >= h) | (x2 <= 0) | (y2 <= 0)),
+        f"lies entirely outside the {h}x{w} (height x width) image",
+        f"part of it inside 0 <= x <= {w}, 0 <= y <= {h} (the part outside is clipped)",
+      ),
+      (
+        labels < 0 if num_classes is None else (labels < 0) | (labels >= num_classes),
+        "has label {label}",
+        "a class id >= 0" if num_classes is None else f"a class id in [0, {num_classes})",
+      ),
+    )
+  for bad, problem, expected in checks:
+    if bad.any():
+      i, count = int(np.argmax(bad)), int(bad.sum())
+      more = f" ({count} of the {len(boxes)} boxes fail this check)" if count > 1 else ""
+      raise ValueError(
+        f"{name}: box {i} {_coordinates(boxes[i])} {problem.format(label=labels[i])}; expected "
+        f"{expected}{more}."
+      )
+
+
+def check_record(
+  record: dict,
+  name: str = "record",
+  *,
+  num_classes: int | None = None,
+  channels: tuple[int, ...] | None = None,
+) -> dict:
   """Validates a record of the schema; returns it with numpy arrays of the schema's dtypes.
 
-  Raises ValueError naming `name` and the key for: an image that is not uint8
-  [H, W, C]; boxes not [G, 4], with NaN or infinite coordinates or x2 < x1 or
-  y2 < y1; labels, masks or flags whose leading axis is not G.
+  Raises ValueError naming the image (`name`, and the record's image_id when it
+  has one), the key and what was expected for: an image that is not uint8
+  [H, W, C] (or, given `channels`, whose C is not one of them); boxes not
+  [G, 4]; labels, masks or flags whose leading axis is not G; and, naming the
+  box by index and coordinates, a box with a NaN or infinite coordinate, a
+  zero or negative width or height, or lying entirely outside the image (a box
+  partly outside is valid: the transforms clip it), or a label < 0 (or >=
+  `num_classes`, when given).
   """
+  name = _describe(record, name)
   image = np.asarray(record["image"])
   if image.ndim != 3 or image.dtype != np.uint8 or min(image.shape) < 1:
     raise ValueError(
       f"{name}: 'image' must be uint8 [H, W, C]; received {image.dtype} of shape {image.shape}."
     )
+  if channels is not None and image.shape[-1] not in channels:
+    allowed = " or ".join(f"[H, W, {c}]" for c in sorted(set(channels)))
+    raise ValueError(f"{name}: 'image' must be {allowed}; received shape {image.shape}.")
   boxes = np.asarray(record["boxes"])
   if boxes.ndim != 2 or boxes.shape[-1] != 4:
     raise ValueError(
       f"{name}: 'boxes' must be [G, 4] (x1, y1, x2, y2); received shape {boxes.shape}."
     )
-  boxes = check_boxes(boxes, f"{name}: 'boxes'").astype(np.float32)
-  out = {**record, "image": image, "boxes": boxes}
+  out = {**record, "image": image, "boxes": boxes.astype(np.float32)}
   g, (h, w) = len(boxes), image.shape[:2]
   expected = {"labels": (g,), "masks": (g, h, w), **{k: (g,) for k in OPTIONAL_FLAGS}}
   for key, shape in expected.items():
@@ -76,6 +138,8 @@ def check_record(record: dict, name: str = "record") -> dict:
     out[key] = value
   if not np.issubdtype(out["labels"].dtype, np.integer):
     raise ValueError(f"{name}: 'labels' must be integers; received {out['labels'].dtype}.")
+  # float64: a float16 or float32 box is checked at the precision it was given in.
+  _check_box_values(boxes.astype(np.float64), out["labels"], h, w, name, num_classes)
   out["labels"] = out["labels"].astype(np.int32)
   for key in OPTIONAL_FLAGS:
     if key in out:
@@ -123,15 +187,32 @@ def from_coco(record: dict) -> dict:
   """A TFDS coco/2017 record -> the schema, with "crowd" and "image_id".
 
   COCO boxes are already in pixel edges; TFDS labels are the 80 used categories
-  in order of id (0..79), so they are the contiguous class ids.
+  in order of id (0..79), so they are the contiguous class ids. Boxes of zero
+  width or height, which COCO's own annotations hold a few of, are dropped with
+  their labels and flags (logged at debug level only), as torchvision's COCO
+  training recipe drops them; a degenerate box from any other source is an error.
   """
   objects = record["objects"]
+  boxes = _pixel_boxes(record)
+  labels = np.asarray(objects["label"], np.int32).reshape(-1)
+  crowd = np.asarray(objects["is_crowd"], bool).reshape(-1)
+  image_id = np.int64(record["image/id"])
+  # Written as "not degenerate" so a NaN box is kept, and check_record reports it.
+  keep = ~((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]))
+  if not keep.all() and len(labels) == len(crowd) == len(boxes):
+    log.debug(
+      "coco/2017 image_id %d: dropped %d of %d boxes of zero width or height.",
+      image_id,
+      int((~keep).sum()),
+      len(boxes),
+    )
+    boxes, labels, crowd = boxes[keep], labels[keep], crowd[keep]
   return {
     "image": np.asarray(record["image"]),
-    "boxes": _pixel_boxes(record),
-    "labels": np.asarray(objects["label"], np.int32).reshape(-1),
-    "crowd": np.asarray(objects["is_crowd"], bool).reshape(-1),
-    "image_id": np.int64(record["image/id"]),
+    "boxes": boxes,
+    "labels": labels,
+    "crowd": crowd,
+    "image_id": image_id,
   }
 
 
@@ -155,29 +236,57 @@ ADAPTERS = {
 
 
 class DetectionSource:
-  """Random-access records of `source` (len, __getitem__) passed through `adapter`, lazily."""
+  """Random-access records of `source` (len, __getitem__) passed through `adapter`, lazily,
+  each checked by `check_record`, so a bad one fails naming the data set `name`, its index
+  and image_id: "coco/2017 record 12 (image_id 139): box 3 ...".
 
-  def __init__(self, source, adapter):
+  num_classes: when given, labels must lie in [0, num_classes).
+  channels: when given, the images' channel count.
+  """
+
+  def __init__(
+    self,
+    source,
+    adapter,
+    *,
+    name: str | None = None,
+    num_classes: int | None = None,
+    channels: int | None = None,
+  ):
     self.source, self.adapter = source, adapter
+    self.name, self.num_classes, self.channels = name, num_classes, channels
 
   def __len__(self) -> int:
     return len(self.source)
 
   def __getitem__(self, index: int) -> dict:
-    return self.adapter(self.source[index])
+    return check_record(
+      self.adapter(self.source[index]),
+      f"{self.name} record {index}" if self.name else f"record {index}",
+      num_classes=self.num_classes,
+      channels=None if self.channels is None else (self.channels,),
+    )
 
 
 def detection_source(name: str, split: str, *, data_dir: str | None = None) -> DetectionSource:
   """Records of detection data set `name` (a key of ADAPTERS) in the schema.
 
   A real data set (voc/2007, voc/2012, coco/2017) must have been prepared as
-  `research.data.datasets.data_source` says.
+  `research.data.datasets.data_source` says. Each record is checked against the
+  data set's class count and channels, an error naming it "{name} record {index}".
   """
   if name not in ADAPTERS:
     raise ValueError(
       f"dataset: {name!r} has no detection adapter; expected one of {sorted(ADAPTERS)}."
     )
-  return DetectionSource(datasets.data_source(name, split, data_dir=data_dir), ADAPTERS[name])
+  spec = datasets.get_spec(name)
+  return DetectionSource(
+    datasets.data_source(name, split, data_dir=data_dir),
+    ADAPTERS[name],
+    name=name,
+    num_classes=spec.num_classes,
+    channels=spec.image_shape[-1],
+  )
 
 
 def hflip(record: dict) -> dict:
@@ -189,6 +298,39 @@ def hflip(record: dict) -> dict:
   out["boxes"] = np.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], axis=-1)
   if "masks" in record:
     out["masks"] = np.asarray(record["masks"])[:, :, ::-1]
+  return out
+
+
+def keep_largest(record: dict, max_boxes: int, name: str = "record") -> dict:
+  """A checked record with at most `max_boxes` objects: the largest by area inside the image.
+
+  A record with more objects loses its smallest (ties: the later ones); boxes,
+  labels, masks and flags keep their order and stay aligned. The first such
+  record of the process logs a warning with its count.
+  """
+  boxes = record["boxes"]
+  if len(boxes) <= max_boxes:
+    return record
+  global _max_boxes_warned
+  if not _max_boxes_warned:
+    _max_boxes_warned = True
+    log.warning(
+      "%s has %d objects, more than max_boxes=%d: keeping the %d largest. Raise max_boxes above "
+      "the data set's largest count to keep all (warned once per process).",
+      _describe(record, name),
+      len(boxes),
+      max_boxes,
+      max_boxes,
+    )
+  h, w = record["image"].shape[:2]
+  # The area the transform keeps: a box mostly outside the image counts by its inside part.
+  inside = np.clip(boxes, 0, np.array([w, h, w, h], np.float32))
+  area = (inside[:, 2] - inside[:, 0]) * (inside[:, 3] - inside[:, 1])
+  keep = np.sort(np.argsort(-area, kind="stable")[:max_boxes])
+  out = dict(record)
+  for key in ("boxes", "labels", "masks", *OPTIONAL_FLAGS):
+    if key in record:
+      out[key] = record[key][keep]
   return out
 
 
@@ -214,11 +356,15 @@ class DetectionTransform:
   and, when the record has them, "masks" uint8 [M, S, S] (nearest-neighbour
   resized), "difficult"/"crowd" bool [M] (False past the objects), "image_id".
 
-  A record with more than `max_boxes` objects keeps its first `max_boxes`
-  (choose max_boxes above the data set's largest count: TFDS's
+  Records are checked by `check_record` (a bad one raises ValueError naming its
+  image_id, when it has one, and the box). A record with more than `max_boxes`
+  objects keeps its `max_boxes` largest by area (`keep_largest`) and warns once
+  per process (choose max_boxes above the data set's largest count: TFDS's
   `objects` lengths, or `max(len(r["boxes"]))` over the records). A record with
   none is valid: `valid` is all False.
-  channels: a 1-channel image repeated to this many (digits for 3-channel models).
+  channels: a 1-channel image repeated to this many (digits for 3-channel models);
+    an image must have 1 or this many channels (without it, 1 or len(mean)
+    when mean is given).
   num_classes: when given, labels must lie in [0, num_classes).
   """
 
@@ -233,21 +379,22 @@ class DetectionTransform:
   pad_value: float = 0.0
 
   def __call__(self, record: dict) -> dict:
-    return self._transform(check_record(record))
+    return self._transform(self._check(record))
 
-  def _transform(self, record: dict) -> dict:
+  def _check(self, record: dict) -> dict:
     if self.size < 1 or self.max_boxes < 1:
       raise ValueError(
         f"detection transform: size and max_boxes must be positive; received size={self.size}, "
         f"max_boxes={self.max_boxes}."
       )
+    channels = self.channels or (len(self.mean) if self.mean is not None else None)
+    return check_record(
+      record, num_classes=self.num_classes, channels=None if channels is None else (1, channels)
+    )
+
+  def _transform(self, record: dict) -> dict:
+    record = keep_largest(record, self.max_boxes)
     labels = record["labels"]
-    if self.num_classes is not None and ((labels < 0) | (labels >= self.num_classes)).any():
-      bad = labels[(labels < 0) | (labels >= self.num_classes)][0]
-      raise ValueError(
-        f"labels: expected class ids in [0, {self.num_classes}) for num_classes="
-        f"{self.num_classes}; received {bad}."
-      )
     image = transforms.repeat_channels(record["image"], self.channels)
     (height, width), s = image.shape[:2], self.size
     scale = s / max(height, width)
@@ -276,7 +423,7 @@ class DetectionTransform:
       rows = np.minimum(((np.arange(h) + 0.5) * (height / h)).astype(np.int64), height - 1)
       cols = np.minimum(((np.arange(w) + 0.5) * (width / w)).astype(np.int64), width - 1)
       masks = np.zeros((m, s, s), np.uint8)
-      kept = record["masks"][:m]
+      kept = record["masks"]
       masks[: len(kept), :h, :w] = kept[:, rows[:, None], cols[None, :]]
       out["masks"] = masks
     if "image_id" in record:
@@ -295,7 +442,7 @@ class RandomDetectionTransform(DetectionTransform):
   flip_probability: float = 0.5
 
   def __call__(self, record: dict, rng: np.random.Generator) -> dict:
-    record = check_record(record)
+    record = self._check(record)
     if rng.random() < self.flip_probability:
       record = hflip(record)
     return self._transform(record)

@@ -155,6 +155,22 @@ def _annotation(data, annotation_id):
     (lambda d: _annotation(d, 1001).update(bbox=[1, 2, "3", 4]), r"id 1001 .*4 finite numbers"),
     (lambda d: _annotation(d, 1001).update(bbox=[1, 2, -3, 4]), r"id 1001 .*negative width"),
     (lambda d: _annotation(d, 1001).update(bbox=[1, 2, 3, -4]), r"id 1001 .*negative height"),
+    (
+      lambda d: _annotation(d, 1001).update(bbox=[1, 2, 0, 4]),
+      r"annotation id 1001 \(image id 10\): bbox .* \[1, 2, 0, 4\] has a zero or negative width",
+    ),
+    (
+      lambda d: _annotation(d, 1001).update(bbox=[1, 2, 3, 0.0]),
+      r"id 1001 .*\[1, 2, 3, 0\.0\] has a zero or negative height; expected both positive",
+    ),
+    (
+      lambda d: _annotation(d, 1001).update(bbox=[128, 2, 3, 4]),
+      r"id 1001 .*\[128, 2, 3, 4\] lies entirely outside the image's 128x128",
+    ),
+    (
+      lambda d: _annotation(d, 7).update(bbox=[-5, 2, 5, 3]),
+      r"annotation id 7 \(image id 50\): .*outside the image's 12x10 \(width x height\)",
+    ),
     (lambda d: _annotation(d, 1100).update(category_id=2), r"id 1100 .*category_id 2 is not"),
     (lambda d: _annotation(d, 1100).update(image_id=777), r"id 1100 .*image_id 777 is not"),
     (lambda d: _annotation(d, 1100).update(iscrowd=2), r"id 1100 .*iscrowd must be 0 or 1"),
@@ -189,7 +205,8 @@ def test_undecodable_files_raise_value_errors_naming_them(scenes, tmp_path):
   with pytest.raises(ValueError, match=r"annotation id 7 \(image id 50\): cannot decode"):
     source[4]
   data = _annotation_json(scenes)
-  data["images"][0]["width"] = 100
+  # Larger than the file, not smaller: a box beyond the stated size would fail at once.
+  data["images"][0]["width"] = 140
   source = coco_format.CocoFormat(*_write(tmp_path, scenes, data))
-  with pytest.raises(ValueError, match=r"image id 10 .* is 128x128 .* file says 100x128"):
+  with pytest.raises(ValueError, match=r"image id 10 .* is 128x128 .* file says 140x128"):
     source[0]

@@ -8,6 +8,7 @@ features and decoding of a user's prepared voc/2007 or coco/2017.
 """
 
 import io
+import logging
 import types
 
 import numpy as np
@@ -118,12 +119,61 @@ def test_empty_ground_truth_is_valid(scenes):
     assert not out["masks"].any()
 
 
-def test_more_objects_than_max_boxes_keeps_the_first(scenes):
+def test_more_objects_than_max_boxes_keeps_the_largest_with_their_masks(scenes, monkeypatch):
+  monkeypatch.setattr(detection, "_max_boxes_warned", False)
   scene = next(s for s in scenes if s["num_objects"] == 5)
+  boxes = scene["boxes"][:5]
+  area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+  largest = np.sort(np.argsort(-area)[:2])
+  assert not np.array_equal(largest, [0, 1])  # else this scene could not tell largest from first
   out = detection.DetectionTransform(size=128, max_boxes=2)(_objects(scene))
   assert out["valid"].all()
-  np.testing.assert_array_equal(out["boxes"], scene["boxes"][:2])
-  np.testing.assert_array_equal(out["masks"], scene["instance_masks"][:2])
+  np.testing.assert_array_equal(out["boxes"], boxes[largest])
+  np.testing.assert_array_equal(out["labels"], scene["labels"][largest])
+  np.testing.assert_array_equal(out["masks"], scene["instance_masks"][largest])
+
+
+def test_keep_largest_counts_the_area_inside_the_image_and_keeps_flags_aligned(monkeypatch):
+  monkeypatch.setattr(detection, "_max_boxes_warned", False)
+  masks = np.zeros((4, 10, 10), np.uint8)
+  masks[np.arange(4), np.arange(4), 0] = 1  # mask k marks row k: which object it belongs to
+  record = {
+    "image": np.zeros((10, 10, 1), np.uint8),
+    # Areas inside the image: 4, 30 (60 in all, half of it outside), 25, 1.
+    "boxes": np.array([[0, 0, 2, 2], [-6, 0, 6, 5], [5, 5, 10, 10], [9, 9, 10, 10]], np.float32),
+    "labels": np.array([0, 1, 2, 3]),
+    "difficult": np.array([True, False, True, False]),
+    "masks": masks,
+  }
+  out = detection.keep_largest(detection.check_record(record), 3)
+  np.testing.assert_array_equal(out["boxes"], record["boxes"][[0, 1, 2]])
+  np.testing.assert_array_equal(out["labels"], [0, 1, 2])
+  np.testing.assert_array_equal(out["difficult"], [True, False, True])
+  np.testing.assert_array_equal(out["masks"], masks[[0, 1, 2]])
+  out = detection.keep_largest(detection.check_record(record), 2)
+  np.testing.assert_array_equal(out["labels"], [1, 2])  # file order kept among the kept
+  np.testing.assert_array_equal(out["difficult"], [False, True])
+  np.testing.assert_array_equal(out["masks"], masks[[1, 2]])
+  # Of equal areas the earlier box stays.
+  same = {**record, "boxes": np.array([[0, 0, 2, 2]] * 4, np.float32)}
+  np.testing.assert_array_equal(detection.keep_largest(same, 2)["labels"], [0, 1])
+
+
+def test_too_many_objects_warn_once_per_process_with_the_count(monkeypatch, caplog):
+  monkeypatch.setattr(detection, "_max_boxes_warned", False)
+  transform = detection.DetectionTransform(size=8, max_boxes=2)
+  record = _record(
+    boxes=np.array([[0, 0, 1, 1], [0, 0, 2, 2], [0, 0, 3, 3]], np.float32),
+    labels=np.array([0, 1, 2]),
+    image_id=np.int64(42),
+  )
+  with caplog.at_level(logging.WARNING, logger=detection.__name__):
+    transform(record)
+    detection.RandomDetectionTransform(size=8, max_boxes=1)(record, np.random.default_rng(0))
+    transform(_record())  # 2 objects: no warning either way
+  warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+  assert len(warnings) == 1
+  assert "record (image_id 42) has 3 objects, more than max_boxes=2" in warnings[0].getMessage()
 
 
 def test_wide_image_fits_the_canvas_padded_at_bottom_and_clipped_boxes():
@@ -163,13 +213,14 @@ def _record(**changes):
 @pytest.mark.parametrize(
   "changes, match",
   [
-    ({"boxes": np.array([[5, 2, 1, 6], [0, 0, 1, 1]], np.float32)}, r"x1 <= x2.*at box 0"),
-    ({"boxes": np.array([[1, 2, 5, 6], [0, np.nan, 1, 1]], np.float32)}, r"finite.*at box 1"),
+    ({"boxes": np.array([[5, 2, 1, 6], [0, 0, 1, 1]], np.float32)}, r"box 0 .*x1 < x2"),
+    ({"boxes": np.array([[1, 2, 5, 6], [0, np.nan, 1, 1]], np.float32)}, r"box 1 .*finite"),
     ({"boxes": np.zeros((2, 5), np.float32)}, r"'boxes' must be \[G, 4\].*\(2, 5\)"),
     ({"boxes": np.zeros((4,), np.float32)}, r"'boxes' must be \[G, 4\].*\(4,\)"),
     ({"labels": np.array([0, 1, 2])}, r"'labels' must have shape \[2\]"),
     ({"labels": np.array([0.0, 1.0])}, r"'labels' must be integers"),
-    ({"labels": np.array([0, 7])}, r"class ids in \[0, 5\).*received 7"),
+    ({"labels": np.array([0, 7])}, r"box 1 .* has label 7; expected a class id in \[0, 5\)"),
+    ({"image": np.zeros((20, 30, 4), np.uint8)}, r"\[H, W, 1\] or \[H, W, 3\].*\(20, 30, 4\)"),
     ({"masks": np.zeros((2, 20, 31), np.uint8)}, r"'masks' must have shape \[2, 20, 30\]"),
     ({"crowd": np.zeros((3,), bool)}, r"'crowd' must have shape \[2\]"),
     ({"image": np.zeros((20, 30, 3), np.float32)}, r"'image' must be uint8 \[H, W, C\]"),
@@ -178,7 +229,120 @@ def _record(**changes):
 )
 def test_bad_records_raise_errors_naming_the_key(changes, match):
   with pytest.raises(ValueError, match=match):
-    detection.DetectionTransform(size=16, max_boxes=4, num_classes=5)(_record(**changes))
+    detection.DetectionTransform(size=16, max_boxes=4, num_classes=5, channels=3)(
+      _record(**changes)
+    )
+
+
+# The 20x30 (height x width) image of _record; box 1 is the bad one, the other is fine.
+BAD_BOXES = [
+  ([3, 2, 3, 6], r"\(3, 2, 3, 6\) has a zero or negative width"),
+  ([3, 6, 5, 2], r"\(3, 6, 5, 2\) has a zero or negative width .* expected x1 < x2 and y1 < y2"),
+  ([3, np.nan, 5, 6], r"\(3, nan, 5, 6\) has a NaN or infinite coordinate; expected finite"),
+  ([3, 2, np.inf, 6], r"\(3, 2, inf, 6\) has a NaN or infinite coordinate"),
+  ([30, 2, 35, 6], r"\(30, 2, 35, 6\) lies entirely outside the 20x30 \(height x width\)"),
+  ([-5, 2, 0, 6], r"\(-5, 2, 0, 6\) lies entirely outside .* expected part of it inside"),
+  ([3, 20, 5, 26], r"\(3, 20, 5, 26\) lies entirely outside"),
+  ([3, -9, 5, -1], r"\(3, -9, 5, -1\) lies entirely outside"),
+]
+
+
+@pytest.mark.parametrize("box, match", BAD_BOXES)
+def test_bad_boxes_of_a_source_name_the_record_its_image_id_and_the_box(box, match):
+  records = [_record(), _record(boxes=np.array([[1, 2, 5, 6], box], np.float32), image_id=7)]
+  source = detection.DetectionSource(records, lambda r: r, name="toy", num_classes=5)
+  source[0]  # the good record passes
+  box_1 = r"box 1 \(x1, y1, x2, y2\) = "
+  with pytest.raises(ValueError, match=r"^toy record 1 \(image_id 7\): " + box_1 + match):
+    source[1]
+  # The transforms check the same, naming the image by its image_id.
+  with pytest.raises(ValueError, match=r"^record \(image_id 7\): " + box_1 + match):
+    detection.DetectionTransform(size=16, max_boxes=4)(records[1])
+  with pytest.raises(ValueError, match=r"^record \(image_id 7\): " + box_1 + match):
+    detection.RandomDetectionTransform(size=16, max_boxes=4)(records[1], np.random.default_rng(0))
+
+
+@pytest.mark.parametrize(
+  "labels, match",
+  [
+    ([0, 5], r"box 1 \(x1, y1, x2, y2\) = \(0, 0, 30, 20\) has label 5; .* in \[0, 5\)"),
+    ([-1, 0], r"box 0 \(x1, y1, x2, y2\) = \(1, 2, 5, 6\) has label -1; .* in \[0, 5\)"),
+  ],
+)
+def test_labels_out_of_range_name_the_record_and_the_box(labels, match):
+  source = detection.DetectionSource([_record(labels=np.array(labels))], lambda r: r, num_classes=5)
+  with pytest.raises(ValueError, match=r"^record 0: " + match):
+    source[0]
+  # Without num_classes a negative label still is no class id (-1 marks padding).
+  if labels[0] < 0:
+    with pytest.raises(ValueError, match=r"^record 0: box 0 .* expected a class id >= 0"):
+      detection.DetectionSource([_record(labels=np.array(labels))], lambda r: r)[0]
+
+
+def test_the_first_of_several_bad_boxes_is_named_with_their_count():
+  boxes = np.array([[1, 2, 5, 6], [4, 4, 4, 4], [0, 0, 0, 0], [1, 1, 2, 2]], np.float32)
+  with pytest.raises(ValueError, match=r"box 1 .*\(2 of the 4 boxes fail this check\)"):
+    detection.check_record(_record(boxes=boxes, labels=np.zeros(4, np.int64)))
+
+
+def test_boxes_partly_outside_the_image_are_valid_and_clipped():
+  boxes = np.array([[-4, -3, 2, 2], [25, 15, 40, 30], [29.5, 0, 30.5, 1]], np.float32)
+  record = _record(boxes=boxes, labels=np.array([0, 1, 2]))
+  out = detection.DetectionTransform(size=30, max_boxes=3)(record)  # scale 1
+  np.testing.assert_array_equal(out["boxes"], [[0, 0, 2, 2], [25, 15, 30, 20], [29.5, 0, 30, 1]])
+  assert out["valid"].all()
+
+
+@pytest.mark.parametrize(
+  "transform, shape, match",
+  [
+    (dict(channels=3), (20, 30, 2), r"\[H, W, 1\] or \[H, W, 3\]; received shape \(20, 30, 2\)"),
+    # ImageNet-style normalization: RGBA would fail to broadcast against the 3 means.
+    (dict(mean=(0.5,) * 3, std=(0.2,) * 3), (20, 30, 4), r"\[H, W, 1\] or \[H, W, 3\]; .*4\)"),
+    (dict(), (20, 30), r"uint8 \[H, W, C\]; received uint8 of shape \(20, 30\)"),
+    (dict(), (2, 20, 30, 3), r"uint8 \[H, W, C\]; received uint8 of shape \(2, 20, 30, 3\)"),
+  ],
+)
+def test_images_of_the_wrong_rank_or_channels_name_both_shapes(transform, shape, match):
+  record = _record(image=np.zeros(shape, np.uint8), image_id=3)
+  with pytest.raises(ValueError, match=r"^record \(image_id 3\): 'image' must be " + match):
+    detection.DetectionTransform(size=16, max_boxes=4, **transform)(record)
+
+
+def test_a_source_checks_its_images_channels():
+  source = detection.DetectionSource([_record(image=np.zeros((20, 30, 1), np.uint8))], lambda r: r)
+  assert source[0]["image"].shape == (20, 30, 1)
+  source.channels = 3
+  with pytest.raises(ValueError, match=r"^record 0: 'image' must be \[H, W, 3\]; .*\(20, 30, 1\)"):
+    source[0]
+
+
+def _tfds_coco(yxyx, labels, crowd):
+  """A TFDS coco/2017 record of a 10x20 image (normalized (ymin, xmin, ymax, xmax) boxes)."""
+  return {
+    "image": np.zeros((10, 20, 3), np.uint8),
+    "image/id": 9,
+    "objects": {"bbox": np.array(yxyx, np.float32), "label": labels, "is_crowd": crowd},
+  }
+
+
+def test_coco_adapter_drops_boxes_of_zero_width_or_height(caplog):
+  yxyx = [[0, 0, 0.5, 0.5], [0.2, 0.3, 0.2, 0.6], [0.1, 0.4, 0.9, 0.4], [0.5, 0.5, 1, 1]]
+  with caplog.at_level(logging.DEBUG, logger=detection.__name__):
+    record = detection.from_coco(_tfds_coco(yxyx, [1, 2, 3, 4], [False, True, True, True]))
+  np.testing.assert_array_equal(record["boxes"], [[0, 0, 10, 5], [10, 5, 20, 10]])
+  np.testing.assert_array_equal(record["labels"], [1, 4])
+  np.testing.assert_array_equal(record["crowd"], [False, True])
+  assert [r.levelno for r in caplog.records] == [logging.DEBUG]
+  assert "image_id 9: dropped 2 of 4 boxes" in caplog.records[0].getMessage()
+  # Only degenerate boxes go: a NaN one stays, for the check to name.
+  source = detection.DetectionSource(
+    [_tfds_coco([[0, 0, 0.5, 0.5], [np.nan, 0, 1, 1]], [0, 1], [False, False])],
+    detection.from_coco,
+    name="coco/2017",
+  )
+  with pytest.raises(ValueError, match=r"^coco/2017 record 0 \(image_id 9\): box 1 .*NaN"):
+    source[0]
 
 
 def _png(image):
@@ -220,6 +384,7 @@ def test_voc_records_of_a_prepared_tfds_data_set(scenes, tmp_path, monkeypatch):
   raw = datasets.data_source("voc/2007", "test", data_dir=str(tmp_path))
   source = detection.detection_source("voc/2007", "test", data_dir=str(tmp_path))
   assert len(source) == len(raw) == 3
+  assert (source.name, source.num_classes, source.channels) == ("voc/2007", 20, 3)
   for i in range(3):
     record, k = source[i], int(raw[i]["image/filename"].decode()[0])
     scene, n = scenes[k], int(scenes[k]["num_objects"]) if k else 0
