@@ -3,13 +3,33 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
+
+# One persistent XLA compilation cache for this test session, its child processes and
+# notebook kernels (they inherit the environment): many tests compile the same programs
+# (LeNet-5's step in every loop test, the detector's in each process of a run), and a
+# cache hit skips XLA's compilation, not tracing, so trace and jit-cache counts are as
+# without it. Set JAX_COMPILATION_CACHE_DIR to keep one across sessions; the default is
+# a fresh folder, removed at exit, so each run measures a cold start.
+_OWN_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _OWN_CACHE = tempfile.mkdtemp(prefix="research-tests-xla-cache-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+
+def pytest_unconfigure(config):
+  del config
+  if _OWN_CACHE:
+    shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 @pytest.fixture

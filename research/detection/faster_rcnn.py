@@ -194,6 +194,8 @@ class FasterRCNN(nn.Module):
     out = {**rpn_out, "proposals": proposals}
     if train:
       return {**rpn_losses, **roi_losses}, out
+    if self.is_initializing():  # the heads skipped their parameter-free postprocessing
+      return detections, out
     detections = {**detections, "labels": detections["labels"] - 1}
     return detections, out
 

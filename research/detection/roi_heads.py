@@ -480,6 +480,12 @@ class RoIHeads(nn.Module):
       x = head(self.pool(features, lax.stop_gradient(t.rois), image_shape), train=True)
       logits, regression = predictor(x)
       return None, fast_rcnn_loss(logits, regression, t.labels, t.deltas, t.valid)
+    if self.is_initializing():
+      # The heads' parameters need the pooled features' shape only; pooling and postprocess
+      # (batched NMS) have no parameters, and op by op they were most of an eager init.
+      pooled = jax.eval_shape(lambda f, p: self.pool(f, p, image_shape), features, proposals)
+      predictor(head(jnp.zeros(pooled.shape, pooled.dtype), train=False))
+      return {}, {}
     x = head(self.pool(features, proposals, image_shape), train=False)
     logits, regression = predictor(x)
     detections = postprocess(

@@ -416,6 +416,13 @@ class RPN(nn.Module):
     n = maps[0].shape[0]
     if image_sizes is None:
       image_sizes = jnp.broadcast_to(jnp.asarray(image_shape_hw, jnp.float32), (n, 2))
+    k = self.post_nms_top_n_train if train else self.post_nms_top_n_test
+    if self.is_initializing():
+      # Parameters need shapes only: proposal selection (top-k, NMS) has none, and its
+      # op-by-op compilation was most of an eager `init`'s time. The heads get zero boxes.
+      out = {"objectness": objectness, "deltas": deltas, "anchors": anchors}
+      empty = {"boxes": jnp.zeros((n, k, 4)), "scores": jnp.zeros((n, k))}
+      return {**empty, "valid": jnp.zeros((n, k), bool)}, {}, out
     boxes, scores, valid = proposals(
       objectness,
       deltas,
@@ -423,7 +430,7 @@ class RPN(nn.Module):
       image_sizes,
       anchors_per_level(obj_maps),
       pre_nms_top_n=self.pre_nms_top_n_train if train else self.pre_nms_top_n_test,
-      post_nms_top_n=self.post_nms_top_n_train if train else self.post_nms_top_n_test,
+      post_nms_top_n=k,
       nms_thresh=self.nms_thresh,
       score_thresh=self.score_thresh,
     )

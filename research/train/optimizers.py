@@ -7,7 +7,9 @@ config.optimizer:
   weight_decay: L2 added to the gradient (sgd family, as the papers do) or
     decoupled (adamw)
   schedule: "constant" | "cosine" | "warmup_cosine" | "step" | "exponential"
-  warmup_steps: linear warm-up from 0, for warmup_cosine
+  warmup_steps: linear warm-up from 0 over this many steps: warmup_cosine's own; any other
+    schedule is multiplied by min(1, step / warmup_steps) (torchvision's detection recipe
+    warms its step schedule up this way)
   boundaries, decay_factor: for "step": multiply by decay_factor at each
     boundary, given as fractions of total_steps (0.5 = half-way)
   decay_every_steps, decay_factor: for "exponential": multiply by decay_factor
@@ -46,8 +48,18 @@ DEFAULT_GROUP, FROZEN = "default", "frozen"
 
 def make_schedule(config: ConfigDict, total_steps: int) -> optax.Schedule:
   """The learning rate as a function of the step."""
-  lr = config.learning_rate
   kind = config.get("schedule", "constant")
+  schedule = _schedule(config, kind, total_steps)
+  warmup = config.get("warmup_steps", 0) or 0
+  if warmup < 0:
+    raise ValueError(f"optimizer.warmup_steps: expected a number >= 0; received {warmup!r}.")
+  if kind == "warmup_cosine" or not warmup:
+    return schedule
+  return lambda step: schedule(step) * jnp.minimum(1.0, step / warmup)
+
+
+def _schedule(config: ConfigDict, kind: str, total_steps: int) -> optax.Schedule:
+  lr = config.learning_rate
   if kind == "constant":
     return optax.constant_schedule(lr)
   if kind == "cosine":

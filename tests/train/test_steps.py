@@ -129,6 +129,15 @@ def test_step_schedule_divides_at_the_boundaries():
   )
 
 
+def test_warmup_ramps_a_step_schedule_linearly_then_leaves_it():
+  schedule = optimizers.make_schedule(_opt(schedule="step", warmup_steps=10), total_steps=100)
+  assert [float(schedule(s)) for s in (0, 5, 10, 49, 50, 75)] == pytest.approx(
+    [0.0, 0.05, 0.1, 0.1, 0.01, 0.001]
+  )
+  with pytest.raises(ValueError, match="optimizer.warmup_steps: expected a number >= 0"):
+    optimizers.make_schedule(_opt(warmup_steps=-1), total_steps=100)
+
+
 def test_weight_decay_adds_l2_gradient():
   opt = _opt(name="sgd", weight_decay=0.5, weight_decay_on="all")
   tx = optimizers.make_optimizer(opt, total_steps=10)

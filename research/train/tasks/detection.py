@@ -120,7 +120,8 @@ def figures(workdir: str) -> list[str]:
 
   rows = read_metrics(workdir)
   train = [r for r in rows if r["split"] == "train"]
-  test = [r for r in rows if r["split"] == "test" and "test_map50" in r]
+  # Rows of whichever evaluation wrote test_ numbers ("test", "test[:20]", ...).
+  test = [r for r in rows if r["split"] != "train" and "test_map50" in r]
   fig = Figure(figsize=(9, 3.5))
   ax1, ax2 = fig.subplots(1, 2)
   for key in ("loss", "loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"):
