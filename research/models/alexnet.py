@@ -49,7 +49,7 @@ import jax.numpy as jnp
 from research.models import check_num_classes
 from research.models.inputs import check_images
 from research.models.layers import Conv
-from research.ops.pooling import adaptive_avg_pool
+from research.ops.pooling import adaptive_avg_pool, max_pool
 
 # The smallest H and W with a positive size after pool5: 63 -> 15 -> 7 -> 3 -> 1.
 MIN_SIZE = 63
@@ -118,8 +118,7 @@ class AlexNet(nn.Module):
       )(x)
       x = out[f"relu{i}"] = nn.relu(x)
       if pooled:
-        # Flax's pool, as research.ops.pooling.max_pool has no gradient under jax.jit.
-        x = out[f"pool{i}"] = nn.max_pool(x, (3, 3), strides=(2, 2))
+        x = out[f"pool{i}"] = max_pool(x, 3, stride=2)
     if not self.num_classes:
       return None, out
     x = out["avgpool"] = adaptive_avg_pool(x, 6)

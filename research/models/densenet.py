@@ -56,6 +56,7 @@ import jax.numpy as jnp
 from research.models import check_num_classes
 from research.models.inputs import check_images
 from research.models.layers import Conv
+from research.ops.pooling import max_pool
 
 # torchvision's init for DenseNet convs: kaiming_normal_ (fan-in, ReLU gain).
 _he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
@@ -190,7 +191,7 @@ class DenseNet(nn.Module):
     if self.stem == "imagenet":
       x = conv(self.num_init_features, (7, 7), strides=2, padding=3, name="features.conv0")(x)
       x = nn.relu(norm(name="features.norm0")(x))
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # pads -inf
+      x = max_pool(x, 3, stride=2, padding=1)  # pads -inf
     else:
       x = conv(self.num_init_features, (3, 3), padding=1, name="features.conv0")(x)
     out["stem"] = x

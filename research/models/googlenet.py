@@ -47,14 +47,12 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from jax import lax
 
 from research.models import check_num_classes
 from research.models.inputs import check_images
 from research.models.layers import Conv
-from research.ops.pooling import adaptive_avg_pool
+from research.ops.pooling import adaptive_avg_pool, max_pool
 
 # torchvision's init for GoogLeNet: trunc_normal_(std=0.01, a=-2, b=2), i.e. truncated at
 # 200 standard deviations: a plain normal.
@@ -120,16 +118,7 @@ def max_pool_ceil(x, window: int, stride: int, padding: int = 0) -> jax.Array:
       )
     pads.append((padding, max(0, (out - 1) * stride + window - n - padding)))
     sizes.append(out)
-  y = lax.reduce_window(
-    x,
-    # A concrete init value: with a traced one, lax cannot see this is a max and has no
-    # gradient for it under jit.
-    np.array(-np.inf, x.dtype),
-    lax.max,
-    window_dimensions=(1, window, window, 1),
-    window_strides=(1, stride, stride, 1),
-    padding=((0, 0), *pads, (0, 0)),
-  )
+  y = max_pool(x, window, stride=stride, padding=tuple(pads))
   return y[:, : sizes[0], : sizes[1]]
 
 

@@ -70,7 +70,7 @@ import jax.numpy as jnp
 from research.models import check_num_classes
 from research.models.inputs import check_images
 from research.models.layers import Conv
-from research.ops.pooling import adaptive_avg_pool
+from research.ops.pooling import adaptive_avg_pool, max_pool
 
 # torchvision's and the WRN authors' init: He normal over fan-out.
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -206,9 +206,7 @@ class ResNet(nn.Module):
     x = x.astype(self.dtype)
     x = _conv(self.conv, self.num_filters, 7, 2, self.dtype, "conv1")(x)
     x = nn.relu(_norm(self.norm, train, self.dtype, "bn1")(x))
-    # Flax's max pool, not research.ops.pooling.max_pool: the latter's traced
-    # init value makes reduce_window non-differentiable under jit. Both pad with -inf.
-    x = out["stem"] = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = out["stem"] = max_pool(x, 3, stride=2, padding=1)
     for i, blocks in enumerate(self.stage_sizes):
       for j in range(blocks):
         x = self.block_cls(

@@ -61,7 +61,7 @@ from research.models import check_num_classes
 from research.models.alexnet import flatten_chw
 from research.models.inputs import check_images
 from research.models.layers import Conv
-from research.ops.pooling import adaptive_avg_pool
+from research.ops.pooling import adaptive_avg_pool, max_pool
 
 # Filters of each conv in order, "M" for a 2x2 max pool (the paper's Table 1).
 CONFIGS = {
@@ -139,8 +139,7 @@ class VGG(nn.Module):
     index, block, conv = 0, 1, 1  # torchvision's features index; the paper's block and conv
     for v in self.cfg:
       if v == "M":
-        # Flax's pool, as research.ops.pooling.max_pool has no gradient under jax.jit.
-        x = out[f"pool{block}"] = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = out[f"pool{block}"] = max_pool(x, 2)
         index, block, conv = index + 1, block + 1, 1
         continue
       name = f"{block}_{conv}"

@@ -63,7 +63,7 @@ from research.models import check_num_classes
 from research.models.alexnet import flatten_chw
 from research.models.inputs import check_images
 from research.models.layers import Conv
-from research.ops.pooling import adaptive_avg_pool
+from research.ops.pooling import adaptive_avg_pool, max_pool
 
 # The smallest H and W with a positive size after pool5: 53 -> 25 -> 13 -> 5 -> 3 -> 1.
 MIN_SIZE = 53
@@ -155,11 +155,7 @@ class ZFNet(nn.Module):
         )(x)
       x = out[f"relu{i}"] = nn.relu(x)
       if pool_padding is not None:
-        # Flax's pool (its -inf padding never wins), as research.ops.pooling.max_pool
-        # has no gradient under jax.jit.
-        x = out[f"pool{i}"] = nn.max_pool(
-          x, (3, 3), strides=(2, 2), padding=((pool_padding, pool_padding),) * 2
-        )
+        x = out[f"pool{i}"] = max_pool(x, 3, stride=2, padding=pool_padding)
       if normed and not self.batch_norm:
         x = out[f"norm{i}"] = local_response_norm(x)
     if not self.num_classes:

@@ -4,10 +4,17 @@ Images are NHWC: x is [N, H, W, C] or a single image [H, W, C]. Windows,
 strides and paddings are an int or a pair (rows, cols); they set shapes, so
 under `jax.jit` they must be static. Output sizes follow
 `research.ops.conv.output_size` (floor mode, torch's `ceil_mode=False`).
+
+Every model's max pool goes through `max_pool`. Its gradient on a CPU is not XLA's
+select-and-scatter (which XLA:CPU expands into an index reduction and a scatter, 3-7x
+slower than torch's pooling backward) but one comparison a window position: the
+gradient goes to the first maximum of each window in row-major order, as in torch and
+lax. Other backends keep lax's own gradient.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -15,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from research.ops.conv import _pair, output_size
+from research.ops.conv import _pair
 
 __all__ = ["max_pool", "avg_pool", "adaptive_avg_pool", "shift_invariance"]
 
@@ -31,57 +38,152 @@ def _as_batch(x, fn: str):
 
 
 def _window_args(x, window, stride, padding, fn: str):
+  """-> (window, stride, ((top, bottom), (left, right))) after checking them against x.
+
+  padding: an int or (rows, cols), at most half the window (torch's rule: more would
+  give windows that see only padding, outputs that carry nothing from x); or explicit
+  ((top, bottom), (left, right)) sides, each below the window (ceil-mode pooling pads
+  the bottom and right by up to window - 1).
+  """
   window = _pair(window, "window", fn)
   stride = window if stride is None else _pair(stride, "stride", fn)
-  padding = _pair(padding, "padding", fn)
   if min(window) < 1:
     raise ValueError(f"{fn}: window must be >= 1, got window={window}")
   if min(stride) < 1:
     raise ValueError(f"{fn}: stride must be >= 1, got stride={stride}")
-  # torch's rule: more padding than half a window would give windows that see
-  # only padding, i.e. outputs that carry no information from x.
-  if min(padding) < 0 or padding[0] > window[0] // 2 or padding[1] > window[1] // 2:
+  sides = _sides(padding)
+  if sides is None:
+    padding = _pair(padding, "padding", fn)
+    if min(padding) < 0 or padding[0] > window[0] // 2 or padding[1] > window[1] // 2:
+      raise ValueError(
+        f"{fn}: padding must be between 0 and half the window {window}, got padding={padding}"
+      )
+    sides = ((padding[0], padding[0]), (padding[1], padding[1]))
+  elif any(not 0 <= p < k for k, pair in zip(window, sides) for p in pair):
     raise ValueError(
-      f"{fn}: padding must be between 0 and half the window {window}, got padding={padding}"
+      f"{fn}: padding ((top, bottom), (left, right)) must have each side between 0 and "
+      f"window - 1 for the window {window}, got padding={padding}"
     )
   h, w = x.shape[1:3]
-  for n, k, s, p in zip((h, w), window, stride, padding):
-    if n + 2 * p < k:
+  for n, k, (lo, hi) in zip((h, w), window, sides):
+    if n + lo + hi < k:
       raise ValueError(
         f"{fn}: window {window} must fit in the padded input "
-        f"({h + 2 * padding[0]}, {w + 2 * padding[1]}), got x of shape {x.shape} "
+        f"({h + sum(sides[0])}, {w + sum(sides[1])}), got x of shape {x.shape} "
         f"with padding {padding}"
       )
-    output_size(n, k, s, p)
-  return window, stride, padding
+  return window, stride, sides
 
 
-def _reduce(x, init, op, window, stride, padding):
+def _sides(padding):
+  """((top, bottom), (left, right)) as a tuple of int pairs, or None for an int/pair."""
+  if not isinstance(padding, (tuple, list)) or len(padding) != 2:
+    return None
+  if not all(isinstance(p, (tuple, list)) and len(p) == 2 for p in padding):
+    return None
+  return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+def _reduce(x, init, op, window, stride, sides):
   return lax.reduce_window(
     x,
     init,
     op,
     window_dimensions=(1, *window, 1),
     window_strides=(1, *stride, 1),
-    padding=((0, 0), (padding[0], padding[0]), (padding[1], padding[1]), (0, 0)),
+    padding=((0, 0), *sides, (0, 0)),
   )
 
 
 def max_pool(x, window, *, stride=None, padding=0) -> jax.Array:
   """Max over each window (padding never wins: it is -inf, as in torch).
 
-  x: [N, H, W, C] or [H, W, C]; window, stride (default: window), padding: int
-  or (rows, cols). Returns [N, oh, ow, C] or [oh, ow, C] with
-  oh = output_size(H, window_h, stride_h, padding_h), likewise ow.
+  x: [N, H, W, C] or [H, W, C]; window, stride (default: window): int or (rows, cols);
+  padding: int, (rows, cols) or ((top, bottom), (left, right)). Returns [N, oh, ow, C]
+  or [oh, ow, C] with oh = (H + top + bottom - window_h) // stride_h + 1, likewise ow.
   """
   x, added = _as_batch(x, "max_pool")
-  window, stride, padding = _window_args(x, window, stride, padding, "max_pool")
+  window, stride, sides = _window_args(x, window, stride, padding, "max_pool")
   if jnp.issubdtype(x.dtype, jnp.inexact):
-    init = np.array(-np.inf, x.dtype)
-  else:
-    init = np.array(np.iinfo(x.dtype).min, x.dtype)
-  out = _reduce(x, init, lax.max, window, stride, padding)
+    out = _max_pool(x, window, stride, sides)
+  else:  # integers have no gradient to route
+    out = _reduce(x, np.array(np.iinfo(x.dtype).min, x.dtype), lax.max, window, stride, sides)
   return out[0] if added else out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool(x, window, stride, sides):
+  # A concrete init value: with a traced one lax cannot see a max, and has no gradient.
+  return _reduce(x, np.array(-np.inf, x.dtype), lax.max, window, stride, sides)
+
+
+def _max_pool_fwd(x, window, stride, sides):
+  y = _max_pool(x, window, stride, sides)
+  return y, (x, y)
+
+
+def _max_pool_bwd(window, stride, sides, residuals, dy):
+  x, y = residuals
+
+  def lax_grad(x, y, dy):
+    pool = functools.partial(
+      _reduce,
+      init=np.array(-np.inf, x.dtype),
+      op=lax.max,
+      window=window,
+      stride=stride,
+      sides=sides,
+    )
+    return jax.vjp(pool, x)[1](dy)[0]
+
+  def by_comparison(x, y, dy):
+    return _max_pool_grad(x, y, dy, window, stride, sides)
+
+  return (lax.platform_dependent(x, y, dy, cpu=by_comparison, default=lax_grad),)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def _max_pool_grad(x, y, dy, window, stride, sides):
+  """The gradient of max pooling by comparisons, for x [N, H, W, C], y and dy [N, oh, ow, C].
+
+  Window position (di, dj) sees the strided slice x_pad[:, di::sh, dj::sw], of y's shape;
+  where it equals y and no earlier position did, it takes dy. Its pixels are the rows
+  of phase di % sh (every sh-th row from di % sh) shifted by di // sh, and likewise for
+  columns, so each position's share is added into its phase's grid at that shift, on
+  arrays of the output's size, and the sh * sw phase grids are interleaved once at the
+  end. Everything is elementwise: XLA fuses it into a few loops.
+  """
+  (kh, kw), (sh, sw), ((top, bottom), (left, right)) = window, stride, sides
+  xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=-jnp.inf)
+  n, hp, wp, c = xp.shape
+  oh, ow = y.shape[1:3]
+  hq, wq = -(-hp // sh), -(-wp // sw)  # rows and columns of each phase grid
+  zero = np.array(0, dy.dtype)
+  taken = jnp.zeros(y.shape, bool)
+  phases = {}
+  for di in range(kh):
+    for dj in range(kw):
+      seen = lax.slice(
+        xp, (0, di, dj, 0), (n, di + (oh - 1) * sh + 1, dj + (ow - 1) * sw + 1, c), (1, sh, sw, 1)
+      )
+      wins = (seen == y) & ~taken
+      taken = taken | wins
+      (a, t), (b, u) = divmod(di, sh)[::-1], divmod(dj, sw)[::-1]
+      share = lax.pad(
+        jnp.where(wins, dy, zero),
+        zero,
+        ((0, 0, 0), (t, hq - oh - t, 0), (u, wq - ow - u, 0), (0, 0, 0)),
+      )
+      phases[a, b] = phases[a, b] + share if (a, b) in phases else share
+  empty = jnp.zeros((n, hq, wq, c), dy.dtype)  # phases no window reaches (stride > window)
+  grid = jnp.stack(
+    [jnp.stack([phases.get((a, b), empty) for b in range(sw)], axis=3) for a in range(sh)],
+    axis=2,
+  )  # [N, hq, sh, wq, sw, C]: row q * sh + a, column r * sw + b
+  dxp = grid.reshape(n, hq * sh, wq * sw, c)
+  return dxp[:, top : hp - bottom, left : wp - right]
 
 
 def avg_pool(x, window, *, stride=None, padding=0) -> jax.Array:
@@ -96,8 +198,8 @@ def avg_pool(x, window, *, stride=None, padding=0) -> jax.Array:
   x, added = _as_batch(x, "avg_pool")
   if not jnp.issubdtype(x.dtype, jnp.inexact):
     x = x.astype(jnp.float32)
-  window, stride, padding = _window_args(x, window, stride, padding, "avg_pool")
-  out = _reduce(x, np.array(0, x.dtype), lax.add, window, stride, padding)
+  window, stride, sides = _window_args(x, window, stride, padding, "avg_pool")
+  out = _reduce(x, np.array(0, x.dtype), lax.add, window, stride, sides)
   out = out / (window[0] * window[1])
   return out[0] if added else out
 

@@ -206,3 +206,87 @@ def test_pooling_differentiates_under_jit(pool):
   if pool is pooling.max_pool:
     expected[1::2, 1::2] = 1.0  # each 2x2 window's maximum is its bottom-right pixel
   np.testing.assert_allclose(grad[0, ..., 0], expected)
+
+
+# (window, stride, padding): every max pool of research.models (AlexNet/ZFNet 3 s2,
+# VGG 2 s2, ResNet/DenseNet 3 s2 p1, GoogLeNet's ceil-mode 3 s2 with the bottom/right
+# overhang, its inception 3 s1 p1 and its 2 s2), a non-square one, and a stride beyond
+# the window (pixels no window sees).
+GRAD_CASES = [
+  (2, 3, 0),
+  (3, 2, 0),
+  (2, None, 0),
+  (3, 2, 1),
+  (3, 2, ((0, 1), (0, 1))),
+  (3, 1, 1),
+  ((2, 3), (1, 2), ((1, 0), (0, 2))),
+]
+
+
+def _lax_max_pool_vjp(x, dy, window, stride, padding):
+  """lax's own gradient of the same max pool (select-and-scatter), the reference."""
+  _, window, stride, sides = (None, *pooling._window_args(x, window, stride, padding, "ref"))
+  pool = lambda v: pooling._reduce(
+    v, np.array(-np.inf, v.dtype), jax.lax.max, window, stride, sides
+  )
+  return jax.vjp(pool, x)[1](dy)[0]
+
+
+@pytest.mark.parametrize("window,stride,padding", GRAD_CASES)
+def test_max_pool_gradient_routes_like_lax(window, stride, padding):
+  # ReLU'd inputs: whole windows of zeros, where the first maximum in row-major order
+  # must take the gradient, as lax's select-and-scatter (and torch) give it.
+  x = jax.nn.relu(jax.random.normal(jax.random.key(0), (2, 11, 12, 5)))
+  y, vjp = jax.vjp(lambda v: pooling.max_pool(v, window, stride=stride, padding=padding), x)
+  dy = jax.random.normal(jax.random.key(1), y.shape)
+  expected = _lax_max_pool_vjp(x, dy, window, stride, padding)
+  np.testing.assert_allclose(vjp(dy)[0], expected, rtol=0, atol=1e-6)
+  under_jit = jax.jit(
+    lambda x, dy: jax.vjp(lambda v: pooling.max_pool(v, window, stride=stride, padding=padding), x)[
+      1
+    ](dy)[0]
+  )
+  np.testing.assert_allclose(under_jit(x, dy), expected, rtol=0, atol=1e-6)
+
+
+def test_max_pool_gradient_matches_torch():
+  torch = pytest.importorskip("torch")
+  x = np.maximum(np.random.default_rng(0).normal(size=(2, 13, 13, 4)), 0).astype(np.float32)
+  y, vjp = jax.vjp(lambda v: pooling.max_pool(v, 3, stride=2, padding=1), jnp.asarray(x))
+  dy = np.random.default_rng(1).normal(size=y.shape).astype(np.float32)
+  xt = torch.from_numpy(x).permute(0, 3, 1, 2).requires_grad_()
+  torch.nn.functional.max_pool2d(xt, 3, stride=2, padding=1).backward(
+    torch.from_numpy(dy).permute(0, 3, 1, 2)
+  )
+  np.testing.assert_allclose(
+    vjp(jnp.asarray(dy))[0], xt.grad.permute(0, 2, 3, 1).numpy(), atol=1e-6
+  )
+
+
+def test_max_pool_gradient_under_vmap_and_second_order():
+  x = jax.random.normal(jax.random.key(2), (3, 1, 8, 8, 2))
+  loss = lambda v: (pooling.max_pool(v, 3, stride=2, padding=1) ** 2).sum()
+  per_example = jax.vmap(jax.grad(loss))(x)
+  np.testing.assert_allclose(per_example[1], jax.grad(loss)(x[1]), rtol=1e-6)
+  # The input-gradient penalty differentiates the gradient again. The routing is
+  # piecewise constant: a pixel that is the maximum of k windows has gradient 2 k x, so
+  # d/dx of the penalty (2 k x)^2 is 8 k^2 x there, and 0 where it wins none.
+  penalty = lambda v: (jax.grad(loss)(v) ** 2).sum()
+  wins = jax.grad(lambda v: pooling.max_pool(v, 3, stride=2, padding=1).sum())(x[0])
+  assert float(wins.max()) >= 2  # some pixels win overlapping windows
+  np.testing.assert_allclose(jax.grad(penalty)(x[0]), 8 * wins**2 * x[0], rtol=1e-5, atol=1e-6)
+
+
+def test_max_pool_gradient_in_bfloat16():
+  x = jax.nn.relu(jax.random.normal(jax.random.key(3), (2, 9, 9, 3))).astype(jnp.bfloat16)
+  y, vjp = jax.vjp(lambda v: pooling.max_pool(v, 3, stride=2), x)
+  dy = jnp.ones_like(y)
+  assert vjp(dy)[0].dtype == jnp.bfloat16
+  np.testing.assert_array_equal(vjp(dy)[0], _lax_max_pool_vjp(x, dy, 3, 2, 0))
+
+
+def test_explicit_padding_sides_are_checked():
+  with pytest.raises(
+    ValueError, match=r"each side between 0 and window - 1 .*\(\(0, 3\), \(0, 0\)\)"
+  ):
+    pooling.max_pool(jnp.ones((1, 6, 6, 1)), 3, padding=((0, 3), (0, 0)))
