@@ -2,11 +2,13 @@
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/train/run_parallel_steps.py
 
-Two models: LeNet-5 (dropout-free classification), and LeNet-5 with an RPN-like objectness
+Three models: LeNet-5 (dropout-free classification); LeNet-5 with an RPN-like objectness
 head trained on a balanced random sample of positions per image (the detectors' anchor
-sampling, `research.detection.assign.sample`), drawn from the step's "sample" stream.
+sampling, `research.detection.assign.sample`), drawn from the step's "sample" stream; and
+a small Faster R-CNN (ResNet-18 at an eighth width with frozen batch norm, FPN, RPN, RoI
+heads) on digit_scenes/multi through the detection task's inputs, batch 8.
 Prints JSON {"devices": 8, "pmap": max |p - p_single|, "jit": ..., "sample_pmap": ...,
-"sample_jit": ...}.
+"sample_jit": ..., "detection_pmap": ..., "detection_jit": ...}.
 """
 
 import functools
@@ -17,11 +19,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from ml_collections import ConfigDict
 
-from research.data import datasets, pipeline, transforms
+from experiments import faster_rcnn_voc2007
+from research.data import datasets, pipeline, sources, transforms
 from research.detection import assign
+from research.detection.faster_rcnn import FasterRCNN_ResNet18_FPN_Scenes, ResNetFPN
+from research.models import resnet
 from research.models.lenet import LeNet5
-from research.train import steps
+from research.models.norms import FrozenBatchNorm
+from research.train import steps, tasks
 from research.train.parallel import DataParallel
 from research.train.state import create_train_state
 from research.train.tasks import classification
@@ -60,17 +67,27 @@ def index_kwargs(batch, *, train):
   return {"example_index": batch["example_index"]} if train else {}
 
 
-def gaps(model, loss_fn, batches, model_kwargs=None):
-  tx = optax.sgd(0.05, momentum=0.9, nesterov=True)
-  fresh = lambda: create_train_state(model, tx, seed=0, input_shape=(1, 32, 32, 1))
+def _gap(params, reference) -> float:
+  return max(
+    float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reference))
+  )
+
+
+def gaps(model, loss_fn, batches, model_kwargs=None, learning_rate=0.05):
+  """{mode: the parameters' gap after all steps, f"{mode}_stepwise": the largest gap of
+  one step taken from the single-device run's state before it}, for pmap and sharded jit."""
+  tx = optax.sgd(learning_rate, momentum=0.9, nesterov=True)
+  input_shape = (1, *batches[0]["image"].shape[1:])
+  fresh = lambda: create_train_state(model, tx, seed=0, input_shape=input_shape)
   step = functools.partial(
     steps.train_step, model=model, loss_fn=loss_fn, model_kwargs=model_kwargs
   )
   state = jax.device_put(fresh(), jax.devices()[0])
   single = jax.jit(step)
+  trajectory = [jax.device_get(state)]  # host copies: the parallel steps donate theirs
   for b in batches:
     state, _ = single(state, b)
-  reference = jax.device_get(state.params)
+    trajectory.append(jax.device_get(state))
   out = {}
   for mode in ("pmap", "jit"):
     parallel = DataParallel(mode)
@@ -80,14 +97,32 @@ def gaps(model, loss_fn, batches, model_kwargs=None):
     state = parallel.put_state(fresh())
     for b in batches:
       state, _ = compiled(state, parallel.put_batch(b))
-    params = parallel.single(state.params)
-    out[mode] = max(
-      float(np.abs(a - b).max())
-      for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reference))
+    out[mode] = _gap(parallel.single(state.params), trajectory[-1].params)
+    out[f"{mode}_stepwise"] = max(
+      _gap(
+        parallel.single(compiled(parallel.put_state(before), parallel.put_batch(b))[0].params),
+        after.params,
+      )
+      for before, b, after in zip(trajectory, batches, trajectory[1:])
     )
     if mode == "jit":
       out["jit_batch_sharding"] = str(parallel.put_batch(batches[0])["image"].sharding.spec)
   return out
+
+
+def detection_batches(count: int, size: int):
+  """`count` training batches of `size` digit_scenes/multi scenes, as the loop reads them."""
+  config = faster_rcnn_voc2007.get_config("runlocal")
+  spec, split_source = sources.from_config(config)
+  inputs = tasks.resolve("detection").input_fns(config, spec.num_classes)
+  it = pipeline.train_iterator(
+    split_source(spec.train_split),
+    global_batch_size=size,
+    seed=0,
+    transform=inputs.transform,
+    record_transform=inputs.train_record,
+  )
+  return spec.num_classes, [next(it) for _ in range(count)]
 
 
 def main():
@@ -102,6 +137,21 @@ def main():
   result.update(gaps(LeNet5(), classification.classification_loss, batches))
   sampled = gaps(SampledObjectness(), sampled_loss, batches, index_kwargs)
   result.update({f"sample_{k}": v for k, v in sampled.items() if k != "jit_batch_sharding"})
+  num_classes, scenes = detection_batches(STEPS, 8)
+  detector = FasterRCNN_ResNet18_FPN_Scenes(
+    num_classes=num_classes,
+    # Frozen batch norm, as torchvision's detectors: batch norm that trains normalizes each
+    # device's images by their own statistics, which no data-parallel split keeps.
+    backbone=functools.partial(
+      ResNetFPN,
+      resnet=functools.partial(resnet.ResNet18, num_filters=8),
+      norm=FrozenBatchNorm,
+      out_channels=32,
+    ),
+  )
+  detection = tasks.resolve("detection")
+  found = gaps(detector, detection.loss_fn(ConfigDict()), scenes, detection.model_kwargs, 0.01)
+  result.update({f"detection_{k}": v for k, v in found.items() if k != "jit_batch_sharding"})
   print(json.dumps(result))
 
 
