@@ -14,7 +14,6 @@ lax. Other backends keep lax's own gradient.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import jax
@@ -111,10 +110,12 @@ def max_pool(x, window, *, stride=None, padding=0) -> jax.Array:
   return out[0] if added else out
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def _max_pool(x, window, stride, sides):
+def _lax_max_pool(x, window, stride, sides):
   # A concrete init value: with a traced one lax cannot see a max, and has no gradient.
   return _reduce(x, np.array(-np.inf, x.dtype), lax.max, window, stride, sides)
+
+
+_max_pool = jax.custom_vjp(_lax_max_pool, nondiff_argnums=(1, 2, 3))
 
 
 def _max_pool_fwd(x, window, stride, sides):
@@ -126,15 +127,7 @@ def _max_pool_bwd(window, stride, sides, residuals, dy):
   x, y = residuals
 
   def lax_grad(x, y, dy):
-    pool = functools.partial(
-      _reduce,
-      init=np.array(-np.inf, x.dtype),
-      op=lax.max,
-      window=window,
-      stride=stride,
-      sides=sides,
-    )
-    return jax.vjp(pool, x)[1](dy)[0]
+    return jax.vjp(lambda v: _lax_max_pool(v, window, stride, sides), x)[1](dy)[0]
 
   def by_comparison(x, y, dy):
     return _max_pool_grad(x, y, dy, window, stride, sides)
