@@ -15,13 +15,14 @@ Commands, from the repository root:
 Default: the paper's recipe (Sections 3.3, 4.1). FasterRCNN_VGG16 initialized from
 torchvision's ImageNet VGG-16 (`vgg16-*.pth`, through `config.init`: "features.*" into
 backbone/body, "classifier.0/3" are fc6/fc7), images resized so the shorter side is 600
-(the longer at most 1,000, here a 1,000 x 1,000 canvas), flipped; SGD momentum 0.9, weight
+(the longer at most 1,000, on a 1,024 x 1,024 canvas), flipped; SGD momentum 0.9, weight
 decay 5e-4, learning rate 0.001 for 60k mini-batches and 0.0001 for 20k, one image per
 mini-batch (256 anchors, 128 RoIs at 25% foreground); VOC 2007 trainval (TFDS voc/2007).
 Paper: 69.9% mAP on VOC 2007 test with 07 data, 73.2% with 07+12. Ours: not run here (no
 VOC and no GPU on this machine).
 
-`:coco`: FasterRCNN_ResNet50_FPN, torchvision's recipe (800-px shorter side, 1,333 canvas,
+`:coco`: FasterRCNN_ResNet50_FPN, torchvision's recipe (800-px shorter side, 1,333 longer,
+a 1,344 canvas; ImageNet ResNet-50 into backbone/body,
 batch 16, lr 0.02, 26 epochs); torchvision's weights: 37.0 box AP on COCO val2017.
 
 `:runlocal`: FasterRCNN_ResNet18_FPN_Scenes on digit_scenes/multi (128x128 scenes of up
@@ -54,7 +55,11 @@ def _detection(c: ConfigDict) -> None:
   c.task = "detection"
   c.loss = "detection"
   c.input = ConfigDict()
-  c.input.size = 1000
+  # The shorter side 600, the longer at most 1,000 (the paper's), on a 1,024 canvas (a
+  # multiple of 32, as torchvision pads).
+  c.input.size = 1024
+  c.input.min_size = 600
+  c.input.max_size = 1000
   c.input.max_boxes = 64
   c.input.value_range = (0.0, 1.0)
   c.input.mean, c.input.std = base.IMAGENET_MEAN, base.IMAGENET_STD
@@ -72,7 +77,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.model = "faster_rcnn.FasterRCNN_VGG16"
   c.dataset = "voc/2007"
   c.init.path = ""  # torchvision's vgg16 .pth
-  c.init.exclude = (r"^rpn/", r"^roi_heads/box_predictor/")
+  # conv1_1..conv5_3 into the backbone, fc6/fc7 into the box head (Section 3.3).
+  c.init.target_prefix = "backbone/body,roi_heads/box_head"
   c.batch_size = 1
   c.eval_batch_size = 1
   c.total_steps = 80_000
@@ -86,9 +92,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
   if arg == "coco":
     c.model = "faster_rcnn.FasterRCNN_ResNet50_FPN"
     c.dataset = "coco/2017"
-    c.input.size = 1333
+    c.input.size, c.input.min_size, c.input.max_size = 1344, 800, 1333
     c.input.max_boxes = 100
-    c.init.exclude = (r"^backbone/fpn/", r"^rpn/", r"^roi_heads/")
+    c.init.target_prefix = "backbone/body"  # torchvision's ImageNet resnet50 .pth; fc ignored
     c.batch_size = 16
     c.eval_batch_size = 8
     c.total_steps = 26 * 118_287 // 16
@@ -99,7 +105,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
   if arg == "runlocal":
     c.model = "faster_rcnn.FasterRCNN_ResNet18_FPN_Scenes"
     c.dataset = "digit_scenes/multi"
-    c.input.size = 128
+    c.input.size, c.input.min_size, c.input.max_size = 128, 0, 0  # the longer side fills it
     c.input.max_boxes = 8
     c.input.mean, c.input.std = base.MNIST_MEAN, base.MNIST_STD
     c.input.flip_probability = 0.0  # digits are not mirror-symmetric

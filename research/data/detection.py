@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 
 import numpy as np
 
@@ -344,7 +345,11 @@ def _pad(values: np.ndarray, n: int, fill) -> np.ndarray:
 class DetectionTransform:
   """A schema record -> fixed shapes; S = size, M = max_boxes:
 
-    "image"          float32 [S, S, C]: resized so its longer side is S, aspect kept,
+    "image"          float32 [S, S, C]: resized with its aspect kept so that its longer
+                     side is `max_size` (default S) or, with `min_size`, its shorter
+                     side is min_size unless that makes the longer exceed max_size
+                     (torchvision's GeneralizedRCNNTransform: 800 / 1,333 for COCO,
+                     the Faster R-CNN paper's 600 / 1,000 for VOC),
                      pixel values 0..255 onto `value_range`, then (x - mean) / std,
                      then padded with `pad_value` at the bottom and right
     "boxes"          float32 [M, 4] (x1, y1, x2, y2) in the resized image's pixels,
@@ -366,10 +371,14 @@ class DetectionTransform:
     an image must have 1 or this many channels (without it, 1 or len(mean)
     when mean is given).
   num_classes: when given, labels must lie in [0, num_classes).
+  The canvas S is best a multiple of the backbone's largest stride (32 for ResNets, 64
+  with FPN's extra level): torchvision pads batches to multiples of 32.
   """
 
   size: int
   max_boxes: int
+  min_size: int | None = None
+  max_size: int | None = None
   num_classes: int | None = None
   value_range: tuple[float, float] = (0.0, 1.0)
   mean: tuple[float, ...] | None = None
@@ -387,6 +396,11 @@ class DetectionTransform:
         f"detection transform: size and max_boxes must be positive; received size={self.size}, "
         f"max_boxes={self.max_boxes}."
       )
+    if not 1 <= (self.max_size or self.size) <= self.size or (self.min_size or 1) < 1:
+      raise ValueError(
+        "detection transform: expected 1 <= min_size and 1 <= max_size <= size (the canvas); "
+        f"received min_size={self.min_size}, max_size={self.max_size}, size={self.size}."
+      )
     channels = self.channels or (len(self.mean) if self.mean is not None else None)
     return check_record(
       record, num_classes=self.num_classes, channels=None if channels is None else (1, channels)
@@ -397,8 +411,13 @@ class DetectionTransform:
     labels = record["labels"]
     image = transforms.repeat_channels(record["image"], self.channels)
     (height, width), s = image.shape[:2], self.size
-    scale = s / max(height, width)
-    h, w = max(1, min(s, round(height * scale))), max(1, min(s, round(width * scale)))
+    longest = self.max_size or s
+    scale = longest / max(height, width)
+    if self.min_size:
+      scale = min(self.min_size / min(height, width), scale)
+    # Rounded down, as torchvision's interpolate(scale_factor=, recompute_scale_factor=True);
+    # the 1e-6 keeps a side that scales to exactly max_size (or min_size) from 1 px less.
+    h, w = (max(1, min(s, math.floor(side * scale + 1e-6))) for side in (height, width))
     pixels = transforms.normalize(crops.resize(image, h, w), self.value_range, self.mean, self.std)
     canvas = np.full((s, s, pixels.shape[-1]), self.pad_value, np.float32)
     canvas[:h, :w] = pixels

@@ -4,11 +4,15 @@
         "path": "workdirs/resnet18_mnist5k",   # a run's workdir (its latest checkpoint), or
                                               # a torchvision state_dict file (.pth/.pt)
         "source_prefix": "",   # workdir sources: the sub-tree of the source run to read
-        "target_prefix": "",   # the sub-tree of this model to fill, e.g. "backbone"
+        "target_prefix": "",   # the sub-tree of this model to fill, e.g. "backbone"; several
+                               # as "backbone/body,roi_heads/box_head" (or a sequence)
         "exclude": ("fc",),    # regexes of this model's paths left freshly initialized
     })
 
-A plain string is `path` alone. Paths are module names joined by "/" with the leaf last,
+A plain string is `path` alone. With several target prefixes each fills its sub-tree
+from the same source, every path taken relative to its own prefix: the paper's Faster
+R-CNN takes VGG-16's `features.*` into "backbone/body" and its fc6/fc7 (`classifier.0`,
+`classifier.3`) into "roi_heads/box_head" from one torchvision file. Paths are module names joined by "/" with the leaf last,
 "layer1.0/conv1/kernel": torchvision's dotted names stay whole. Every target array
 (under `target_prefix`, not excluded) must be found in the source with the same shape,
 else a ValueError names the parameter and both shapes; source arrays nothing asked for
@@ -53,6 +57,13 @@ def spec_of(init) -> ConfigDict:
 
 def _split(prefix: str | None) -> tuple[str, ...]:
   return tuple(p for p in (prefix or "").split("/") if p)
+
+
+def _prefixes(value) -> list[tuple[str, ...]]:
+  """target_prefix -> its prefixes, longest first: "" -> [()]; "a/b,c" -> [("a", "b"), ("c",)]."""
+  items = value.split(",") if isinstance(value, str) else list(value or ())
+  prefixes = sorted({_split(item) for item in items}, key=len, reverse=True)
+  return prefixes or [()]
 
 
 def _name(path: tuple[str, ...]) -> str:
@@ -132,35 +143,38 @@ def load(init, variables: dict) -> tuple[dict, dict]:
   ValueError naming every missing or mis-shaped parameter.
   """
   spec = spec_of(init)
-  target_prefix = _split(spec.get("target_prefix"))
+  prefixes = _prefixes(spec.get("target_prefix"))
   excludes = [re.compile(p) for p in spec.get("exclude") or ()]
   flat = {
     (c, p): v
     for c in COLLECTIONS
     for p, v in traverse_util.flatten_dict(dict(variables.get(c) or {})).items()
   }
-  if target_prefix and not any(p[: len(target_prefix)] == target_prefix for _, p in flat):
-    raise ValueError(
-      f"init.target_prefix: no parameter of the model lies under {_name(target_prefix)!r}; "
-      f"its top-level modules are {sorted({p[0] for _, p in flat})}."
-    )
+  for prefix in prefixes:
+    if prefix and not any(p[: len(prefix)] == prefix for _, p in flat):
+      raise ValueError(
+        f"init.target_prefix: no parameter of the model lies under {_name(prefix)!r}; "
+        f"its top-level modules are {sorted({p[0] for _, p in flat})}."
+      )
   for pattern in excludes:
     if not any(pattern.search(_name(p)) for _, p in flat):
       raise ValueError(
         f"init.exclude: the pattern {pattern.pattern!r} matches no parameter of the model; "
         f"its paths look like {[_name(p) for _, p in list(flat)[:4]]}."
       )
-  wanted, fresh = {}, []
-  for (c, p), v in flat.items():
-    if p[: len(target_prefix)] != target_prefix or any(e.search(_name(p)) for e in excludes):
+  # targets: {(collection, full path): path relative to its (longest) prefix}.
+  targets, fresh = {}, []
+  for c, p in flat:
+    prefix = next((q for q in prefixes if p[: len(q)] == q), None)
+    if prefix is None or any(e.search(_name(p)) for e in excludes):
       fresh.append(_name(p))
     else:
-      wanted[(c, p[len(target_prefix) :])] = tuple(np.shape(v))
+      targets[(c, p)] = p[len(prefix) :]
+  wanted = {(c, rel): tuple(np.shape(flat[(c, p)])) for (c, p), rel in targets.items()}
   source, where = _source(spec, wanted)
   missing, misshaped = [], []
-  for (c, rel), shape in wanted.items():
-    value = source.get((c, rel))
-    full = _name(target_prefix + rel)
+  for (c, p), rel in targets.items():
+    value, shape, full = source.get((c, rel)), tuple(np.shape(flat[(c, p)])), _name(p)
     if value is None:
       missing.append(f"{c}/{full}")
     elif tuple(value.shape) != shape:
@@ -174,29 +188,28 @@ def load(init, variables: dict) -> tuple[dict, dict]:
       + ". Exclude parameters to keep fresh with init.exclude"
       + (
         "; nothing matched: does the source need a source_prefix, or the model a target_prefix?"
-        if len(missing) == len(wanted)
+        if len(missing) == len(targets)
         else "."
       )
     )
-  for c, rel in wanted:
-    dtype = np.asarray(flat[(c, target_prefix + rel)]).dtype
-    flat[(c, target_prefix + rel)] = np.asarray(source[(c, rel)], dtype)
+  for (c, p), rel in targets.items():
+    flat[(c, p)] = np.asarray(source[(c, rel)], np.asarray(flat[(c, p)]).dtype)
   ignored = sorted(_name(p) for k, p in set(source) - set(wanted))
   out = dict(variables)
   for c in COLLECTIONS:
     tree = {p: v for (cc, p), v in flat.items() if cc == c}
     if tree:
       out[c] = traverse_util.unflatten_dict(tree)
-  loaded = sorted(_name(target_prefix + rel) for _, rel in wanted)
+  loaded = sorted(_name(p) for _, p in targets)
   report = {"loaded": loaded, "fresh": sorted(fresh), "ignored": ignored}
-  count = int(sum(np.size(source[k]) for k in wanted))
+  count = int(sum(np.size(source[(c, rel)]) for (c, _), rel in targets.items()))
   log.info(
     "init: loaded %d arrays (%s values) from %s into %s; left freshly initialized: %s; "
     "ignored in the source: %s",
-    len(wanted),
+    len(targets),
     f"{count:,}",
     where,
-    repr(_name(target_prefix)) if target_prefix else "the whole model",
+    ", ".join(repr(_name(q)) for q in prefixes) if prefixes != [()] else "the whole model",
     fresh or "none",
     ignored[:20] + ([f"... {len(ignored)} in all"] if len(ignored) > 20 else []) or "none",
   )

@@ -458,3 +458,30 @@ def test_pipeline_batches_detection_records(scenes):
   assert len(batches) == 3 and batches[-1]["mask"].tolist() == [True, True, False]
   counts = np.concatenate([b["valid"].sum(1)[b["mask"]] for b in batches])
   np.testing.assert_array_equal(counts, [s["num_objects"] for s in scenes])
+
+
+@pytest.mark.parametrize("hw", [(333, 500), (500, 375), (400, 600), (200, 900), (1200, 700)])
+def test_shorter_side_resize_gives_torchvisions_image_sizes(hw):
+  """min_size / max_size: the Faster R-CNN paper's 600 / 1,000 as torchvision's
+  GeneralizedRCNNTransform computes them, on a 1,024 canvas."""
+  torch = pytest.importorskip("torch")
+  detection_models = pytest.importorskip("torchvision.models.detection")
+  transform = detection_models.transform.GeneralizedRCNNTransform(
+    600, 1000, image_mean=[0.0] * 3, image_std=[1.0] * 3
+  )
+  image = np.random.default_rng(1).integers(0, 256, (*hw, 3), dtype=np.uint8)
+  record = {"image": image, "boxes": np.array([[10, 20, 90, 120]], np.float32), "labels": [1]}
+  out = detection.DetectionTransform(size=1024, max_boxes=2, min_size=600, max_size=1000)(record)
+  batch, _ = transform.eval()([torch.from_numpy(image).permute(2, 0, 1).float() / 255])
+  h, w = batch.image_sizes[0]
+  np.testing.assert_array_equal(out["image_size"], [h, w])
+  assert out["image"].shape == (1024, 1024, 3) and min(h, w) <= 600 and max(h, w) <= 1000
+  np.testing.assert_allclose(
+    out["boxes"][0], [10 * w / hw[1], 20 * h / hw[0], 90 * w / hw[1], 120 * h / hw[0]], rtol=1e-6
+  )
+
+
+def test_bad_min_or_max_size_names_both():
+  record = {"image": np.zeros((8, 8, 3), np.uint8), "boxes": np.zeros((0, 4)), "labels": []}
+  with pytest.raises(ValueError, match=r"max_size <= size .* max_size=2000, size=1024"):
+    detection.DetectionTransform(size=1024, max_boxes=2, min_size=600, max_size=2000)(record)

@@ -178,3 +178,58 @@ def test_the_loop_loads_init_then_resumes_without_loading_again(lenet_run, tmp_p
   with caplog.at_level(logging.INFO, logger="research.train.init"):
     loop.train_and_evaluate(c, str(tmp_path / "run"))
   assert "init: loaded" not in caplog.text  # resumed from its own checkpoint
+
+
+def test_the_papers_vgg16_init_fills_the_backbone_and_the_box_head_from_one_file(tmp_path):
+  """Faster R-CNN's VGG-16 recipe: torchvision's `features.*` into backbone/body and its
+  fc6/fc7 (`classifier.0`, `classifier.3`) into roi_heads/box_head, on a narrow VGG."""
+  torch = pytest.importorskip("torch")
+  torchvision = pytest.importorskip("torchvision")
+  import functools  # pylint: disable=import-outside-toplevel
+
+  from research.convert import torchvision as tv  # pylint: disable=import-outside-toplevel
+  from research.detection import faster_rcnn, roi_heads  # pylint: disable=import-outside-toplevel
+  from research.models import vgg  # pylint: disable=import-outside-toplevel
+
+  cfg, hidden = (4, "M", 4, "M", 4, "M", 4, "M", 4, 4, 4, "M"), 16
+  torch.manual_seed(0)
+  net = torchvision.models.vgg.VGG(torchvision.models.vgg.make_layers(list(cfg)))
+  net.classifier = torch.nn.Sequential(  # torchvision's layout at a width of 16
+    torch.nn.Linear(4 * 7 * 7, hidden), torch.nn.ReLU(), torch.nn.Dropout(),
+    torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Dropout(),
+    torch.nn.Linear(hidden, 1000),
+  )  # fmt: skip
+  path = tmp_path / "vgg.pth"
+  torch.save(net.state_dict(), path)
+
+  paper = faster_rcnn.FasterRCNN_VGG16.keywords
+  model = faster_rcnn.FasterRCNN_VGG16(
+    num_classes=3,
+    backbone=functools.partial(faster_rcnn.VGGConv5, vgg=functools.partial(vgg.VGG, cfg=cfg)),
+    roi_heads=functools.partial(
+      paper["roi_heads"], box_head=functools.partial(roi_heads.VGGBoxHead, hidden=hidden)
+    ),
+  )
+  fresh = _fresh(model, (1, 64, 64, 3))
+  variables, report = init.load(
+    {"path": str(path), "target_prefix": "backbone/body,roi_heads/box_head"}, fresh
+  )
+  want = tv.convert(net.state_dict(), vgg.VGG(cfg=cfg, hidden=hidden), input_shape=(1, 32, 32, 3))
+  got = variables["params"]
+  assert _equal(
+    got["backbone"]["body"], {k: v for k, v in want["params"].items() if "features" in k}
+  )
+  assert _equal(
+    got["roi_heads"]["box_head"], {k: want["params"][k] for k in ("classifier.0", "classifier.3")}
+  )
+  assert _equal(got["rpn"], fresh["params"]["rpn"])
+  assert _equal(got["roi_heads"]["box_predictor"], fresh["params"]["roi_heads"]["box_predictor"])
+  assert report["ignored"] == ["classifier.6.bias", "classifier.6.weight"]
+  assert all(name.startswith(("rpn/", "roi_heads/box_predictor/")) for name in report["fresh"])
+  # The experiment's default recipe names these prefixes.
+  from experiments import faster_rcnn_voc2007  # pylint: disable=import-outside-toplevel
+
+  recipe = faster_rcnn_voc2007.get_config().init
+  assert init._prefixes(recipe.target_prefix) == [("roi_heads", "box_head"), ("backbone", "body")]
+  with pytest.raises(ValueError, match=r"init.target_prefix: no parameter .* under 'roi_heads/fc'"):
+    init.load({"path": str(path), "target_prefix": "backbone/body,roi_heads/fc"}, fresh)

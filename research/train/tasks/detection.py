@@ -2,9 +2,10 @@
 
 Records of the data set (`config.dataset`: a key of research.data.detection.ADAPTERS, or
 "coco_format" with `config.data.annotation_file` and `config.data.image_dir`, see
-research.data.sources) are adapted to the detection schema, then `DetectionTransform` gives fixed shapes: the image
-resized so its longer side is `config.input.size` and padded to a size x size canvas, the
-objects padded to `config.input.max_boxes` with a validity mask; training flips left-right
+research.data.sources) are adapted to the detection schema, then `DetectionTransform` gives
+fixed shapes: the image resized so its longer side is `config.input.size` (or its shorter
+side `config.input.min_size`, the longer at most `config.input.max_size`) and padded to a
+size x size canvas, the objects padded to `config.input.max_boxes` with a validity mask; training flips left-right
 with `config.input.flip_probability` (0.5, the papers'). The model (a
 research.detection detector) is called with the batch's image sizes, and in training with
 the ground truth and each image's global index, from which it draws its anchor and RoI
@@ -68,13 +69,15 @@ class _Records:
 
 
 def input_fns(config: ConfigDict, num_classes: int) -> Inputs:
-  """The per-record transforms `config.input` describes (size, max_boxes, value_range, mean,
-  std, channels, flip_probability, masks)."""
+  """The per-record transforms `config.input` describes (size, max_boxes, min_size,
+  max_size, value_range, mean, std, channels, flip_probability, masks)."""
   c = config.input
   optional = lambda key: tuple(c[key]) if c.get(key) is not None else None  # noqa: E731
   kwargs = dict(
     size=c.size,
     max_boxes=c.max_boxes,
+    min_size=c.get("min_size") or None,
+    max_size=c.get("max_size") or None,
     num_classes=num_classes,
     value_range=tuple(c.get("value_range", (0.0, 1.0))),
     mean=optional("mean"),
