@@ -280,8 +280,8 @@ class Detector:
     spec, _ = sources.from_config(config)
     num_classes = config.get("num_classes") or spec.num_classes
     inputs = task.input_fns(config, num_classes)
-    # The task's eval_record adapts its data set's raw records first; a user's image is a
-    # schema record already, so it goes to the transform inside.
+    # A user's image is a schema record: it goes to the transform inside the task's
+    # eval_record (which would also drop masks).
     transform = getattr(inputs.eval_record, "transform", inputs.eval_record)
     if not isinstance(transform, detection_data.DetectionTransform):
       raise ValueError(

@@ -274,7 +274,7 @@ def detection_source(name: str, split: str, *, data_dir: str | None = None) -> D
 
   A real data set (voc/2007, voc/2012, coco/2017) must have been prepared as
   `research.data.datasets.data_source` says. Each record is checked against the
-  data set's class count and channels, an error naming it "{name} record {index}".
+  data set's class count and channels, an error naming it "{name} {split} record {index}".
   """
   if name not in ADAPTERS:
     raise ValueError(
@@ -284,7 +284,7 @@ def detection_source(name: str, split: str, *, data_dir: str | None = None) -> D
   return DetectionSource(
     datasets.data_source(name, split, data_dir=data_dir),
     ADAPTERS[name],
-    name=name,
+    name=f"{name} {split}",
     num_classes=spec.num_classes,
     channels=spec.image_shape[-1],
   )

@@ -21,7 +21,7 @@ import re
 
 from ml_collections import ConfigDict
 
-from research.data import datasets
+from research.data import datasets, detection
 
 COCO_FORMAT = "coco_format"
 _SPLIT = re.compile(r"^(train|test)(?:\[(-?\d*%?):(-?\d*%?)\])?$")
@@ -103,13 +103,20 @@ def _cached_coco_format(items: tuple):
 
 def from_config(config: ConfigDict):
   """-> (spec, sources): the DatasetSpec of `config.dataset` and `sources(split)`, a
-  random-access source of that split's records."""
+  random-access source of that split's records.
+
+  With `config.task == "detection"` a TFDS data set's records come in the detection
+  schema (research.data.detection.detection_source), each checked as it is read: a bad
+  one is an error naming the data set, the split, its index and image_id.
+  """
   if config.dataset == COCO_FORMAT:
     data = config.get("data") or ConfigDict()
     # The JSON is parsed once per process however often the config is resolved.
     return _cached_coco_format(tuple(sorted(data.to_dict().items())))
   spec = datasets.get_spec(config.dataset)
   data_dir = config.get("data_dir")
+  if config.get("task") == "detection" and config.dataset in detection.ADAPTERS:
+    return spec, lambda split: detection.detection_source(config.dataset, split, data_dir=data_dir)
   return spec, lambda split: datasets.data_source(config.dataset, split, data_dir=data_dir)
 
 

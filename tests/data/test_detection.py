@@ -384,7 +384,7 @@ def test_voc_records_of_a_prepared_tfds_data_set(scenes, tmp_path, monkeypatch):
   raw = datasets.data_source("voc/2007", "test", data_dir=str(tmp_path))
   source = detection.detection_source("voc/2007", "test", data_dir=str(tmp_path))
   assert len(source) == len(raw) == 3
-  assert (source.name, source.num_classes, source.channels) == ("voc/2007", 20, 3)
+  assert (source.name, source.num_classes, source.channels) == ("voc/2007 test", 20, 3)
   for i in range(3):
     record, k = source[i], int(raw[i]["image/filename"].decode()[0])
     scene, n = scenes[k], int(scenes[k]["num_objects"]) if k else 0

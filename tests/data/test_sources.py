@@ -65,3 +65,23 @@ def test_bad_coco_format_settings_name_the_setting(coco_files, tmp_path):
     split("validation")
   with pytest.raises(ValueError, match="dataset: unknown data set 'nope'"):
     sources.from_config(ConfigDict({"dataset": "nope"}))
+
+
+def test_the_detection_task_reads_checked_schema_records_named_by_split_and_index(monkeypatch):
+  from research.data import datasets  # pylint: disable=import-outside-toplevel
+
+  config = ConfigDict({"dataset": "digit_scenes/multi", "task": "detection"})
+  _, split = sources.from_config(config)
+  record = split("test[:3]")[1]
+  assert {"image", "boxes", "labels", "masks"} <= set(record) and "num_objects" not in record
+  raw = datasets.data_source("digit_scenes/multi", "test")
+  assert len(record["labels"]) == int(raw[1]["num_objects"])
+  # A record whose label lies past the data set's 10 classes, read as the loop reads it.
+  bad = dict(raw[0], labels=np.full_like(raw[0]["labels"], 12))
+  monkeypatch.setattr(datasets, "data_source", lambda *a, **k: [raw[1], bad])
+  _, split = sources.from_config(config)
+  with pytest.raises(ValueError, match=r"^digit_scenes/multi train record 1: box 0 .*\[0, 10\)"):
+    split("train")[1]
+  # Classification reads the raw records.
+  _, split = sources.from_config(ConfigDict({"dataset": "digit_scenes/multi"}))
+  assert "num_objects" in split("train")[1]

@@ -269,7 +269,7 @@ def test_classifier_logits_and_training_step_match_lax(family):
   # two images) amplifies float32 rounding in the gradients to 1e-2.
   x = jnp.asarray(rng.normal(size=(4, size, size, 3)), jnp.float32)
   labels = jnp.asarray([1, 3, 0, 4])
-  variables = model.init(jax.random.PRNGKey(0), x)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)  # eager: a compilation per initializer
   logits, grads = _train_step(model, variables, x, labels, "auto")
   # GoogLeNet's float32 lax gradients are not the reference (below): only its logits.
   ref_logits, ref_grads = _train_step(
@@ -296,7 +296,7 @@ def test_vmap_saliency_and_input_gradient_penalty_on_a_model_match_lax():
   model = model(num_classes=5)
   rng = np.random.default_rng(4)
   x = jnp.asarray(rng.normal(size=(3, size, size, 3)), jnp.float32)
-  variables = model.init(jax.random.PRNGKey(0), x)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)  # eager: a compilation per initializer
 
   def run(path):
     def score(v, image):

@@ -78,13 +78,15 @@ def gaps(model, loss_fn, batches, model_kwargs=None, learning_rate=0.05):
   one step taken from the single-device run's state before it}, for pmap and sharded jit."""
   tx = optax.sgd(learning_rate, momentum=0.9, nesterov=True)
   input_shape = (1, *batches[0]["image"].shape[1:])
-  fresh = lambda: create_train_state(model, tx, seed=0, input_shape=input_shape)
   step = functools.partial(
     steps.train_step, model=model, loss_fn=loss_fn, model_kwargs=model_kwargs
   )
-  state = jax.device_put(fresh(), jax.devices()[0])
+  # Host copies: the parallel steps donate theirs. Each mode starts from trajectory[0]:
+  # the loop's own (eager) initialization, once.
+  state = create_train_state(model, tx, seed=0, input_shape=input_shape)
+  trajectory = [jax.device_get(state)]
+  state = jax.device_put(state, jax.devices()[0])
   single = jax.jit(step)
-  trajectory = [jax.device_get(state)]  # host copies: the parallel steps donate theirs
   for b in batches:
     state, _ = single(state, b)
     trajectory.append(jax.device_get(state))
@@ -94,7 +96,7 @@ def gaps(model, loss_fn, batches, model_kwargs=None, learning_rate=0.05):
     compiled = parallel.compile_train(
       steps.train_step, model=model, loss_fn=loss_fn, model_kwargs=model_kwargs
     )
-    state = parallel.put_state(fresh())
+    state = parallel.put_state(trajectory[0])
     for b in batches:
       state, _ = compiled(state, parallel.put_batch(b))
     out[mode] = _gap(parallel.single(state.params), trajectory[-1].params)

@@ -46,31 +46,28 @@ def _identity(batch):
 
 
 class _Records:
-  """Adapts a raw record of `dataset` to the schema, then transforms it (train: with rng)."""
+  """Transforms a schema record (train: with rng); drops instance masks a box detector never
+  reads. The sources give schema records (research.data.sources.from_config)."""
 
-  def __init__(self, dataset: str, transform, masks: bool):
-    adapters = {**data.ADAPTERS, COCO_FORMAT: dict}  # coco_format's records are the schema's
-    if dataset not in adapters:
-      raise ValueError(
-        f"dataset: the detection task needs one of {sorted(adapters)}; received {dataset!r}."
-      )
-    self.adapter, self.transform, self.masks = adapters[dataset], transform, masks
-
-  def _record(self, record: dict) -> dict:
-    record = self.adapter(record)
-    if not self.masks:
-      record.pop("masks", None)  # a box detector never reads them: keep batches small
-    return record
+  def __init__(self, transform, masks: bool):
+    self.transform, self.masks = transform, masks
 
   def __call__(self, record: dict, rng=None) -> dict:
+    if not self.masks and "masks" in record:
+      record = {k: v for k, v in record.items() if k != "masks"}  # keep batches small
     if rng is None:
-      return self.transform(self._record(record))
-    return self.transform(self._record(record), rng)
+      return self.transform(record)
+    return self.transform(record, rng)
 
 
 def input_fns(config: ConfigDict, num_classes: int) -> Inputs:
   """The per-record transforms `config.input` describes (size, max_boxes, min_size,
   max_size, value_range, mean, std, channels, flip_probability, masks)."""
+  if config.dataset not in (*data.ADAPTERS, COCO_FORMAT):
+    raise ValueError(
+      f"dataset: the detection task needs one of {sorted((*data.ADAPTERS, COCO_FORMAT))}; "
+      f"received {config.dataset!r}."
+    )
   c = config.input
   optional = lambda key: tuple(c[key]) if c.get(key) is not None else None  # noqa: E731
   kwargs = dict(
@@ -88,8 +85,8 @@ def input_fns(config: ConfigDict, num_classes: int) -> Inputs:
   train = data.RandomDetectionTransform(**kwargs, flip_probability=c.get("flip_probability", 0.5))
   return Inputs(
     transform=_identity,
-    train_record=_Records(config.dataset, train, masks),
-    eval_record=_Records(config.dataset, data.DetectionTransform(**kwargs), masks),
+    train_record=_Records(train, masks),
+    eval_record=_Records(data.DetectionTransform(**kwargs), masks),
   )
 
 
