@@ -30,6 +30,21 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
+# pytest-xdist runs the suite in two worker processes (pyproject's addopts): much of a
+# test's time is single-threaded tracing and XLA compilation, which a second worker
+# overlaps. The workers share the cores, so OpenMP threads (oneDNN's and torch's) wait
+# for work passively instead of spinning on the cores the other worker needs.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+  os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def pytest_xdist_auto_num_workers(config):
+  """`-n auto`: two workers where two cores are free (each uses every core when the
+  other waits), one on a single core."""
+  del config
+  return min(2, len(os.sched_getaffinity(0)))
+
+
 def pytest_unconfigure(config):
   del config
   if _OWN_CACHE:

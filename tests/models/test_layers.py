@@ -269,7 +269,11 @@ def test_classifier_logits_and_training_step_match_lax(family):
   # two images) amplifies float32 rounding in the gradients to 1e-2.
   x = jnp.asarray(rng.normal(size=(4, size, size, 3)), jnp.float32)
   labels = jnp.asarray([1, 3, 0, 4])
-  variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)  # eager: a compilation per initializer
+  # Jitted: eagerly each initializer compiles on its own. GoogLeNet keeps the eager values
+  # (a rounding-level change of them, the jitted ones, makes float32 gradients stray by
+  # 2e-1 of some leaves on either path, as lax's do here anyway).
+  init = model.init if family == "googlenet" else jax.jit(model.init)
+  variables = init(jax.random.PRNGKey(0), x)
   logits, grads = _train_step(model, variables, x, labels, "auto")
   # GoogLeNet's float32 lax gradients are not the reference (below): only its logits.
   ref_logits, ref_grads = _train_step(
