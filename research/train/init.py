@@ -12,13 +12,13 @@
 A plain string is `path` alone. With several target prefixes each fills its sub-tree
 from the same source, every path taken relative to its own prefix: the paper's Faster
 R-CNN takes VGG-16's `features.*` into "backbone/body" and its fc6/fc7 (`classifier.0`,
-`classifier.3`) into "roi_heads/box_head" from one torchvision file. Paths are module names joined by "/" with the leaf last,
-"layer1.0/conv1/kernel": torchvision's dotted names stay whole. Every target array
-(under `target_prefix`, not excluded) must be found in the source with the same shape,
-else a ValueError names the parameter and both shapes; source arrays nothing asked for
-are ignored and logged (a classifier's head under a backbone). The run logs what was
-loaded and what was left fresh. A run that resumes from its own checkpoint does not
-load again.
+`classifier.3`) into "roi_heads/box_head" from one torchvision file. Paths are module
+names joined by "/" with the leaf last, "layer1.0/conv1/kernel": torchvision's dotted
+names stay whole. Every target array (under `target_prefix`, not excluded) must be found
+in the source with the same shape, else a ValueError names the parameter and both
+shapes; source arrays nothing asked for are ignored and logged (a classifier's head
+under a backbone). The run logs what was loaded and what was left fresh. A run that
+resumes from its own checkpoint does not load again.
 """
 
 from __future__ import annotations
