@@ -62,7 +62,7 @@ def _split(prefix: str | None) -> tuple[str, ...]:
 def _prefixes(value) -> list[tuple[str, ...]]:
   """target_prefix -> its prefixes, longest first: "" -> [()]; "a/b,c" -> [("a", "b"), ("c",)]."""
   items = value.split(",") if isinstance(value, str) else list(value or ())
-  prefixes = sorted({_split(item) for item in items}, key=len, reverse=True)
+  prefixes = sorted({_split(item) for item in items}, key=lambda p: (-len(p), p))
   return prefixes or [()]
 
 

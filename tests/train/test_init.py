@@ -230,6 +230,6 @@ def test_the_papers_vgg16_init_fills_the_backbone_and_the_box_head_from_one_file
   from experiments import faster_rcnn_voc2007  # pylint: disable=import-outside-toplevel
 
   recipe = faster_rcnn_voc2007.get_config().init
-  assert init._prefixes(recipe.target_prefix) == [("roi_heads", "box_head"), ("backbone", "body")]
+  assert init._prefixes(recipe.target_prefix) == [("backbone", "body"), ("roi_heads", "box_head")]
   with pytest.raises(ValueError, match=r"init.target_prefix: no parameter .* under 'roi_heads/fc'"):
     init.load({"path": str(path), "target_prefix": "backbone/body,roi_heads/fc"}, fresh)
