@@ -22,8 +22,8 @@ Paper: 69.9% mAP on VOC 2007 test with 07 data, 73.2% with 07+12. Ours: not run 
 VOC and no GPU on this machine).
 
 `:coco`: FasterRCNN_ResNet50_FPN, torchvision's recipe (800-px shorter side, 1,333 longer,
-a 1,344 canvas; ImageNet ResNet-50 into backbone/body,
-batch 16, lr 0.02, 26 epochs); torchvision's weights: 37.0 box AP on COCO val2017.
+a 1,344 canvas; ImageNet ResNet-50 into backbone/body; batch 16, lr 0.02, 26 epochs);
+torchvision's weights: 37.0 box AP on COCO val2017.
 
 `:runlocal`: FasterRCNN_ResNet18_FPN_Scenes on digit_scenes/multi (128x128 scenes of up
 to 5 digits, 10 classes), its backbone initialized from the mnist5k classifier of

@@ -1,15 +1,15 @@
 """The detection task: image -> boxes, class labels, scores. Inputs, loss, evaluators, figures.
 
 Records of the data set (`config.dataset`: a key of research.data.detection.ADAPTERS, or
-"coco_format" with `config.data.annotation_file` and `config.data.image_dir`, see
-research.data.sources) are adapted to the detection schema, then `DetectionTransform` gives
-fixed shapes: the image resized so its longer side is `config.input.size` (or its shorter
-side `config.input.min_size`, the longer at most `config.input.max_size`) and padded to a
-size x size canvas, the objects padded to `config.input.max_boxes` with a validity mask; training flips left-right
-with `config.input.flip_probability` (0.5, the papers'). The model (a
-research.detection detector) is called with the batch's image sizes, and in training with
-the ground truth and each image's global index, from which it draws its anchor and RoI
-samples (research.train.steps.example_keys).
+"coco_format" with `config.data.annotation_file` and `config.data.image_dir`) come from
+research.data.sources in the detection schema, then `DetectionTransform` gives fixed
+shapes: the image resized so its longer side is `config.input.size` (or its shorter side
+`config.input.min_size`, the longer at most `config.input.max_size`) and padded to a size
+x size canvas, the objects padded to `config.input.max_boxes` with a validity mask;
+training flips left-right with `config.input.flip_probability` (0.5, the papers'). The
+model (a research.detection detector) is called with the batch's image sizes, and in
+training with the ground truth and each image's global index, from which it draws its
+anchor and RoI samples (research.train.steps.example_keys).
 
 config.evals lists evaluators of `EVALUATORS`, by default `detection_ap` (VOC07 mAP@0.5
 and COCO AP, research.train.evaluators.DetectionAP) on the test split every
@@ -63,10 +63,10 @@ class _Records:
 def input_fns(config: ConfigDict, num_classes: int) -> Inputs:
   """The per-record transforms `config.input` describes (size, max_boxes, min_size,
   max_size, value_range, mean, std, channels, flip_probability, masks)."""
-  if config.dataset not in (*data.ADAPTERS, COCO_FORMAT):
+  known = sorted((*data.ADAPTERS, COCO_FORMAT))
+  if config.dataset not in known:
     raise ValueError(
-      f"dataset: the detection task needs one of {sorted((*data.ADAPTERS, COCO_FORMAT))}; "
-      f"received {config.dataset!r}."
+      f"dataset: the detection task needs one of {known}; received {config.dataset!r}."
     )
   c = config.input
   optional = lambda key: tuple(c[key]) if c.get(key) is not None else None  # noqa: E731
