@@ -6,17 +6,20 @@
 Prints JSON to stdout: {"image", "workdir", "step" (the checkpoint's), "score_threshold",
 "figure", "detections": [{"box": [x1, y1, x2, y2], "label", "class_name", "score"}, ...]},
 best first, boxes in the original image's pixels (pixel edges: a box over columns 0..9 has
-x1 = 0, x2 = 10) to 2 decimals, scores to 4. Draws the boxes, class names and scores into a PNG, by default
-`DIR/figures/predict_<image stem>.png`.
+x1 = 0, x2 = 10) to 2 decimals, scores to 4; a Mask R-CNN's detections also carry "mask",
+the instance mask in the original image as COCO's run-length encoding {"size": [H, W],
+"counts"} (`decode_mask` gives the array). Draws the boxes, masks, class names and scores
+into a PNG, by default `DIR/figures/predict_<image stem>.png`.
 
 Every detector of the detection task works: the run's `config.json` gives the model
 (`research.train.loop.build_model`), the data set (its classes, its images' channels) and
 the task's evaluation transform (`research.data.detection.DetectionTransform`: resize into
 the size x size canvas, normalize); the checkpoint gives the parameters (the newest, or
 `--step`). The model's evaluation call returns `(detections, out)` with detections
-{"boxes" [N, D, 4] in the resized image's pixels, "scores", "labels" (0-based), "valid"}
-(the `research.train.evaluators.DetectionAP` contract), and boxes go back to the original
-image by original_size / image_size.
+{"boxes" [N, D, 4] in the resized image's pixels, "scores", "labels" (0-based), "valid",
+optionally "mask_probs" [N, D, M, M]} (the `research.train.evaluators.DetectionAP`
+contract), and boxes go back to the original image by original_size / image_size, where
+masks are pasted at them.
 
 From Python: `predict(workdir, image_path)` returns the same dict; `Detector.load(workdir)`
 keeps a restored detector for many images (`detector(image)`, image uint8 [H, W, C]).
@@ -321,8 +324,18 @@ class Detector:
     labels = np.asarray(detections["labels"][0])
     keep = np.asarray(detections["valid"][0], bool) & (scores >= score_threshold)
     boxes = to_original(boxes, batch["image_size"][0], batch["original_size"][0])
+    order = sorted(np.flatnonzero(keep), key=lambda i: -scores[i])
+    masks = None
+    if "mask_probs" in detections and order:
+      # Mask R-CNN: each mask pasted at its box in the original image (torchvision's).
+      from research.detection.mask_head import (  # pylint: disable=import-outside-toplevel
+        paste_masks_in_image,
+      )
+
+      probs = np.asarray(detections["mask_probs"][0], np.float32)[order]
+      masks = paste_masks_in_image(probs, boxes[order].astype(np.float32), image.shape[:2])
     out = []
-    for i in sorted(np.flatnonzero(keep), key=lambda i: -scores[i]):
+    for j, i in enumerate(order):
       label = int(labels[i])
       name = self.class_names[label] if 0 <= label < len(self.class_names) else str(label)
       out.append(
@@ -333,7 +346,24 @@ class Detector:
           "score": round(float(scores[i]), 4),
         }
       )
+      if masks is not None:
+        out[-1]["mask"] = encode_mask(masks[j] >= 0.5)
     return out
+
+
+def encode_mask(mask: np.ndarray) -> dict:
+  """A binary mask [H, W] -> COCO's run-length encoding {"size": [H, W], "counts": str}."""
+  from pycocotools import mask as mask_utils  # pylint: disable=import-outside-toplevel
+
+  rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, np.uint8)))
+  return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def decode_mask(rle: dict) -> np.ndarray:
+  """`encode_mask`'s output -> the bool mask [H, W]."""
+  from pycocotools import mask as mask_utils  # pylint: disable=import-outside-toplevel
+
+  return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")}) > 0
 
 
 def draw(image: np.ndarray, detections: list[dict], path: str, title: str | None = None) -> str:
@@ -365,6 +395,10 @@ def draw(image: np.ndarray, detections: list[dict], path: str, title: str | None
   for d in reversed(detections):  # the best drawn last, on top
     x1, y1, x2, y2 = d["box"]
     color = colors(d["label"] % 10)
+    if "mask" in d:  # Mask R-CNN's instance mask, tinted in the box's colour
+      tint = np.zeros((h, w, 4), np.float32)
+      tint[decode_mask(d["mask"])] = (*color[:3], 0.45)
+      ax.imshow(tint, extent=(0, w, h, 0), interpolation="nearest")
     ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=2))
     ax.text(
       x1,

@@ -1,6 +1,7 @@
-"""research.predict: a tiny Faster R-CNN trained through the loop on digit_scenes/multi (one
-step) detects on scene PNGs, prints JSON with boxes in the original image's pixels and draws
-them; bad workdirs, images and arguments are errors naming them."""
+"""research.predict: a Mask R-CNN (a Faster R-CNN with a mask branch) trained through the loop
+on digit_scenes/multi (one step) detects on scene PNGs, prints JSON with boxes and masks in
+the original image's pixels and draws them; bad workdirs, images and arguments are errors
+naming them."""
 
 from __future__ import annotations
 
@@ -26,12 +27,12 @@ KEYS = {"box", "label", "class_name", "score"}
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   """(workdir, scene PNG 128x128, scene PNG enlarged to 256x192) of a one-step run of
-  faster_rcnn_voc2007:runlocal (no pretraining), evaluated on one test scene."""
-  from experiments import faster_rcnn_voc2007  # pylint: disable=import-outside-toplevel
+  mask_rcnn_coco:runlocal (no pretraining), evaluated on one test scene (box and mask AP)."""
+  from experiments import mask_rcnn_coco  # pylint: disable=import-outside-toplevel
   from research.train import loop  # pylint: disable=import-outside-toplevel
 
   root = tmp_path_factory.mktemp("predict")
-  c = faster_rcnn_voc2007.get_config("runlocal")
+  c = mask_rcnn_coco.get_config("runlocal")
   c.init.path = ""  # the pretrained classifier is another experiment's run
   c.batch_size = 1
   c.eval_batch_size = 1
@@ -42,7 +43,8 @@ def trained(tmp_path_factory):
     ConfigDict({"type": "detection_ap", "split": "test[:1]", "prefix": "test_", "every_steps": 0})
   ]
   workdir = str(root / "run")
-  loop.train_and_evaluate(c, workdir)
+  results = loop.train_and_evaluate(c, workdir)
+  assert 0 <= results["test_mask_ap"] <= 1  # masks went through the task and the evaluator
   scene = datasets.data_source("digit_scenes/multi", "test")[0]["image"][..., 0]
   small, big = str(root / "scene.png"), str(root / "scene_big.png")
   Image.fromarray(scene).save(small)
@@ -52,7 +54,10 @@ def trained(tmp_path_factory):
 
 def _check_detections(detections, width, height, threshold):
   for d in detections:
-    assert set(d) == KEYS, d
+    assert set(d) == KEYS | {"mask"}, d
+    mask = predict.decode_mask(d["mask"])
+    assert mask.shape == (height, width) and mask.dtype == bool, d
+    assert predict.encode_mask(mask) == d["mask"]
     x1, y1, x2, y2 = d["box"]
     assert 0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height, d
     assert 0 <= d["label"] < 10 and d["class_name"] == str(d["label"]), d  # digits

@@ -240,7 +240,8 @@ class RoITargets(NamedTuple):
   the matched ground truth (>= 1), 0 background, -1 padding; matched_boxes [S, 4];
   deltas [S, 4] `encode(matched_boxes, rois, weights)`, 0 where not foreground;
   indices [S] int32 into the candidates (proposals, then the ground truth when
-  appended); valid [S] bool, False for padding."""
+  appended); valid [S] bool, False for padding; matched_index [S] int32, the ground
+  truth each RoI matched (its mask target in Mask R-CNN; meaningful where labels >= 1)."""
 
   rois: jax.Array
   labels: jax.Array
@@ -248,6 +249,7 @@ class RoITargets(NamedTuple):
   deltas: jax.Array
   indices: jax.Array
   valid: jax.Array
+  matched_index: jax.Array
 
 
 def rpn_targets(
@@ -419,4 +421,5 @@ def _roi_targets(proposals, proposal_valid, gt_boxes, gt_labels, gt_valid, key, 
   # Padding RoIs may be empty boxes and background ones match padding: keep their 0/0 out.
   deltas = box_ops.encode(matched_boxes, rois, kw["weights"])
   deltas = jnp.where((labels >= 1)[:, None], deltas, 0)
-  return RoITargets(rois, labels, matched_boxes, deltas, indices, valid)
+  matched_index = matched[indices].astype(jnp.int32) if g else jnp.zeros_like(indices)
+  return RoITargets(rois, labels, matched_boxes, deltas, indices, valid, matched_index)

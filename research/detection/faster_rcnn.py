@@ -117,19 +117,22 @@ def _check_inputs(images, image_size, boxes, labels, valid, train: bool, name: s
 
 class FasterRCNN(nn.Module):
   """`__call__(images, image_size=None, boxes=None, labels=None, valid=None,
-  example_index=None, *, train=False)`.
+  example_index=None, masks=None, *, train=False)`.
 
   images: [N, H, W, 3], normalized and padded (research.data.detection.DetectionTransform);
   image_size: [N, 2] (h, w) of each image inside the padding (None: all of H, W);
   in training boxes [N, G, 4] (x1, y1, x2, y2) pixels, labels [N, G] 0-based class ids,
   valid [N, G] bool; example_index [N]: each image's position in the global batch, so
   that each image's anchor and RoI samples are drawn from its own key
-  (`research.train.steps.example_keys`) and are the same on one device and many.
+  (`research.train.steps.example_keys`) and are the same on one device and many; masks
+  [N, G, H, W] 0/1 instance masks in the images' pixels, which a mask branch trains on
+  (research.detection.mask_rcnn).
 
   Returns in training (losses {"loss_objectness", "loss_rpn_box_reg", "loss_classifier",
-  "loss_box_reg"}, out); in evaluation (detections {"boxes" [N, D, 4], "scores" [N, D],
-  "labels" [N, D] 0-based, "valid" [N, D]}, out), out holding the proposals and the RPN's
-  objectness [N, T], deltas [N, T, 4] and anchors [T, 4].
+  "loss_box_reg"}, with a mask branch also "loss_mask"; out); in evaluation (detections
+  {"boxes" [N, D, 4], "scores" [N, D], "labels" [N, D] 0-based, "valid" [N, D], with a
+  mask branch also "mask_probs" [N, D, 28, 28]}, out), out holding the proposals and the
+  RPN's objectness [N, T], deltas [N, T, 4] and anchors [T, 4].
   """
 
   num_classes: int
@@ -147,6 +150,7 @@ class FasterRCNN(nn.Module):
     labels=None,
     valid=None,
     example_index=None,
+    masks=None,
     *,
     train: bool = False,
   ):
@@ -180,6 +184,8 @@ class FasterRCNN(nn.Module):
     if train:
       # torchvision's convention inside: 0 is the background.
       targets = {"boxes": boxes, "labels": jnp.asarray(labels, jnp.int32) + 1, "valid": gt_valid}
+      if masks is not None:
+        targets["masks"] = jnp.asarray(masks)
     heads = self.roi_heads(num_classes=self.num_classes + 1, dtype=self.dtype, name="roi_heads")
     detections, roi_losses = heads(
       features,

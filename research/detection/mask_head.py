@@ -34,7 +34,7 @@ import numpy as np
 from jax import lax
 
 from research.models.layers import Conv
-from research.ops.roi.align import _roi_align
+from research.ops.roi.align import _align_axis
 
 ModuleDef = Any
 
@@ -137,35 +137,44 @@ class MaskRCNNPredictor(nn.Module):
 # --------------------------------------------------------------------------- targets, loss
 
 
-def project_masks_on_boxes(gt_masks, boxes, matched_index, size: int) -> jax.Array:
+def _axis_weights(lo, hi, out: int, size: int, aligned: bool) -> jax.Array:
+  """RoI Align along one axis as a matrix: [R, out, size], row o holding the weights with
+  which bin o averages the axis' pixels (adaptive sampling, spatial scale 1)."""
+  bound = -(-size // out)  # ceil(size / out) samples: enough for a box inside the map
+  rows, weights = _align_axis(lo, hi, out, size, 0, bound, aligned)  # [R, out, T]
+  onehot = rows[..., None] == jnp.arange(size, dtype=rows.dtype)  # [R, out, T, size]
+  return jnp.einsum("rot,rots->ros", weights, onehot.astype(weights.dtype))
+
+
+def project_masks_on_boxes(
+  gt_masks, boxes, matched_index, size: int, *, aligned: bool = False
+) -> jax.Array:
   """Mask targets of one image (torchvision's `project_masks_on_boxes`).
 
   gt_masks: [G, H, W] (0/1, any dtype) the image's instance masks in its canvas pixels;
   boxes: [R, 4] (x1, y1, x2, y2) the RoIs in the same pixels; matched_index: [R] int,
   each RoI's ground-truth index; size: M, static. Returns [R, M, M] float32: each RoI's
-  matched mask under RoI Align (M x M, spatial scale 1, adaptive sampling, aligned=False),
-  fractional at the mask's edges as torchvision's targets are. The gradient is none:
-  targets are constants.
+  matched mask under RoI Align (M x M, spatial scale 1, adaptive sampling), fractional at
+  the mask's edges as torchvision's targets are. aligned=False is torchvision's (pixel
+  centres at integer coordinates, half a pixel from where `paste_masks_in_image` puts
+  them back); aligned=True is Detectron2's ROIAlignV2 (centres at +0.5), whose targets
+  pasted back land on the mask they came from. No gradient: targets are constants.
+
+  RoI Align's bilinear samples, their validity and their average are products of a row
+  and a column factor, so each target is Y [M, H] @ mask [H, W] @ X [W, M]: two matrix
+  products instead of gathering M x M x samples^2 x 4 single pixels.
   """
   gt_masks = jnp.asarray(gt_masks)
   if gt_masks.ndim != 3:
     raise ValueError(f"project_masks_on_boxes: gt_masks must be [G, H, W], got {gt_masks.shape}")
   g, h, w = gt_masks.shape
-  boxes = jnp.asarray(boxes, jnp.float32)
-  index = jnp.clip(jnp.asarray(matched_index, jnp.int32), 0, max(g - 1, 0)).astype(jnp.float32)
-  rois = lax.stop_gradient(jnp.concatenate([index[:, None], boxes], axis=1))
-  # Adaptive sampling takes ceil(box side / M) samples per bin: a box inside the canvas
-  # needs at most ceil(H / M), the static bound of the gather.
-  out = _roi_align(
-    gt_masks.astype(jnp.float32)[..., None],
-    rois,
-    out_hw=(size, size),
-    spatial_scale=1.0,
-    sampling_ratio=0,
-    bounds=(-(-h // size), -(-w // size)),
-    aligned=False,
-  )
-  return lax.stop_gradient(out[..., 0])
+  boxes = lax.stop_gradient(jnp.asarray(boxes, jnp.float32))
+  index = jnp.clip(jnp.asarray(matched_index, jnp.int32), 0, max(g - 1, 0))
+  rows = _axis_weights(boxes[:, 1], boxes[:, 3], size, h, aligned)  # [R, M, H]
+  cols = _axis_weights(boxes[:, 0], boxes[:, 2], size, w, aligned)  # [R, M, W]
+  masks = gt_masks.astype(jnp.float32)[index]  # [R, H, W]
+  out = jnp.einsum("rmh,rhw,rnw->rmn", rows, masks, cols, precision=lax.Precision.HIGHEST)
+  return lax.stop_gradient(out)
 
 
 def maskrcnn_loss(mask_logits, labels, mask_targets, valid) -> jax.Array:

@@ -1,17 +1,18 @@
-"""The RoI heads of Fast and Faster R-CNN: RoI features, box head, predictor, loss, detections.
+"""The RoI heads of Fast, Faster and Mask R-CNN: box head, predictor, loss, detections.
 
 torchvision's `RoIHeads` split, with static shapes (proposals [N, R, 4] padded, with a
-[N, R] validity mask) so that one compiled program serves any number of objects:
+[N, R] validity mask) so that one compiled program serves any number of objects; RoI
+features come from research.detection.poolers (RoI Align on FPN levels, RoI pooling):
 
-    multiscale_roi_align     RoI Align 7x7 from the FPN level of each RoI (torchvision's
-    single_scale_roi_pool    MultiScaleRoIAlign); RoI max pooling 7x7 on one map (Fast R-CNN)
     TwoMLPHead               fc6, fc7 with ReLU (box_head of fasterrcnn_resnet50_fpn)
     VGGBoxHead               VGG's classifier.0 and classifier.3 (fc6, fc7) reused as the head
     FastRCNNPredictor        cls_score (K classes, background 0) and bbox_pred (4K deltas)
     fast_rcnn_loss           cross-entropy + smooth L1 on the true class's deltas
     postprocess              softmax, per-class decode, clip, thresholds, NMS, top detections
     RoIHeads                 all of it with torchvision's defaults; samples with
-                             research.detection.assign.roi_targets in training
+                             research.detection.assign.roi_targets in training; with a
+                             mask head and predictor (research.detection.mask_head) also
+                             Mask R-CNN's mask branch, its loss and mask probabilities
 
 Module names are torchvision's (`box_head.fc6`, `box_predictor.cls_score`), so
 `research.convert.torchvision.convert` loads `roi_heads.*` weights. Features are NHWC;
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -32,161 +33,20 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from research.detection import mask_head as masks_lib
 from research.detection.assign import roi_targets
+from research.detection.poolers import (
+  _maps,
+  multiscale_roi_align,
+  multiscale_roi_pool,
+  single_scale_roi_pool,
+)
 from research.detection.rpn import image_keys
 from research.models.alexnet import flatten_chw
 from research.ops import boxes as box_ops
-from research.ops.conv import _pair
-from research.ops.roi import roi_pool
-from research.ops.roi.align import _align_axis, _gather_sum
 
 ModuleDef = Any
 BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # torchvision's RoIHeads box coder
-
-# --------------------------------------------------------------------------- RoI features
-
-
-def _maps(features, featmap_names, fn: str) -> list:
-  """A dict (kept in order, filtered by featmap_names), list or single map -> [N, H, W, C] maps."""
-  if isinstance(features, Mapping):
-    names = list(features) if featmap_names is None else list(featmap_names)
-    missing = [k for k in names if k not in features]
-    if missing:
-      raise ValueError(f"{fn}: features has no maps {missing}; it has {list(features)}")
-    maps = [features[k] for k in names]
-  elif isinstance(features, (list, tuple)):
-    maps = list(features)
-  else:
-    maps = [features]
-  maps = [jnp.asarray(m) for m in maps]
-  if not maps or any(m.ndim != 4 for m in maps):
-    raise ValueError(f"{fn}: features must be [N, H, W, C] maps, got {[m.shape for m in maps]}")
-  n, c = maps[0].shape[0], maps[0].shape[3]
-  if any(m.shape[0] != n or m.shape[3] != c for m in maps):
-    raise ValueError(f"{fn}: maps must share N and C, got {[m.shape for m in maps]}")
-  return maps
-
-
-def _check_boxes(boxes, n: int, fn: str):
-  boxes = jnp.asarray(boxes)
-  if boxes.ndim != 3 or boxes.shape[0] != n or boxes.shape[2] != 4:
-    raise ValueError(f"{fn}: boxes must be [N={n}, R, 4] (x1, y1, x2, y2), got {boxes.shape}")
-  return boxes.astype(jnp.promote_types(boxes.dtype, jnp.float32))
-
-
-def infer_scale(feature_hw: Sequence[int], image_hw: Sequence[int]) -> float:
-  """torchvision's `_infer_scale`: 2**round(log2(H_l / H)), from the heights only."""
-  ratio = np.float32(float(feature_hw[0]) / float(image_hw[0]))
-  return float(2.0 ** float(np.round(np.log2(ratio))))
-
-
-def roi_levels(boxes, k_min: int, k_max: int, canonical_scale=224, canonical_level=4):
-  """torchvision's LevelMapper (FPN eq. 1): boxes [..., 4] -> [...] int32 level - k_min.
-
-  level = floor(canonical_level + log2(sqrt(area) / canonical_scale) + 1e-6),
-  clamped to [k_min, k_max], in float32 as torchvision.
-  """
-  s = jnp.sqrt(box_ops.area(boxes).astype(jnp.float32))
-  level = jnp.floor(canonical_level + jnp.log2(s / canonical_scale) + np.float32(1e-6))
-  return (jnp.clip(level, k_min, k_max) - k_min).astype(jnp.int32)
-
-
-@functools.partial(jax.jit, static_argnames=("out_hw", "scales", "ratio", "levels"))
-def _multiscale(maps, boxes, *, out_hw, scales, ratio, levels):
-  n, r = boxes.shape[:2]
-  oh, ow = out_hw
-  # Proposals are constants to the head, as in torchvision (approximate joint training).
-  boxes = lax.stop_gradient(boxes).reshape(n * r, 4)
-  level = roi_levels(boxes, *levels) if len(maps) > 1 else jnp.zeros((n * r,), jnp.int32)
-  image = jnp.repeat(jnp.arange(n, dtype=jnp.int32), r)
-  # Every level's taps are computed (cheap: [R, 7, T] per axis), only the RoI's own
-  # level is gathered, from one table of all levels: flat row = base + y * W_l + x.
-  # That is one RoI Align's work instead of one per level.
-  taps, offset = [], 0
-  for fmap, scale in zip(maps, scales):
-    h, w = fmap.shape[1:3]
-    b = boxes * jnp.asarray(scale, boxes.dtype)  # a power of 2: exact, as torchvision's
-    bound = (-(-h // oh), -(-w // ow)) if ratio <= 0 else (0, 0)
-    ys, wy = _align_axis(b[:, 1], b[:, 3], oh, h, ratio, bound[0], False)
-    xs, wx = _align_axis(b[:, 0], b[:, 2], ow, w, ratio, bound[1], False)
-    taps.append([offset + image * (h * w), ys * w, wy, xs, wx])
-    offset += n * h * w
-  width = [max(t[i].shape[-1] for t in taps) for i in (1, 3)]
-
-  def pick(i):
-    # Levels with fewer taps (adaptive sampling) are padded with weight-0 taps of row 0.
-    parts = [t[i] for t in taps]
-    if i:
-      pad = width[0 if i < 3 else 1]
-      parts = [jnp.pad(p, [(0, 0)] * (p.ndim - 1) + [(0, pad - p.shape[-1])]) for p in parts]
-    return jnp.stack(parts)[level, jnp.arange(n * r)]  # [L, R, ...] -> [R, ...]
-
-  table = jnp.concatenate([m.reshape(-1, m.shape[-1]) for m in maps])
-  # size (1, 1): _gather_sum's flat index (i * 1 + y) * 1 + x is then base + y * W_l + x.
-  out = _gather_sum((1, 1), table, *[pick(i) for i in range(5)])
-  return out.astype(maps[0].dtype).reshape(n, r, oh, ow, -1)
-
-
-def multiscale_roi_align(
-  features,
-  boxes,
-  image_hw,
-  *,
-  output_size=7,
-  sampling_ratio: int = 2,
-  canonical_scale: int = 224,
-  canonical_level: int = 4,
-  featmap_names: Sequence[str] | None = None,
-) -> jax.Array:
-  """torchvision's MultiScaleRoIAlign (aligned=False): each RoI pooled from its FPN level.
-
-  features: {name: [N, H_l, W_l, C]} finest first (featmap_names picks and orders
-  them; None: all), or a list of such maps. boxes: [N, R, 4] (x1, y1, x2, y2) in
-  image pixels. image_hw: static (H, W) ints, the largest image of the batch (as
-  torchvision) or the padded batch, which infer the same scales
-  2**round(log2(H_l / H)) unless images are tiny. Levels k = -log2(scale) map RoIs by
-  `roi_levels`. Returns [N, R, oh, ow, C]; the gradient reaches the features only.
-  """
-  fn = "multiscale_roi_align"
-  maps = _maps(features, featmap_names, fn)
-  boxes = _check_boxes(boxes, maps[0].shape[0], fn)
-  if len(image_hw) != 2:
-    raise ValueError(f"{fn}: image_hw must be a static (H, W) pair, got {image_hw!r}")
-  image_hw = tuple(int(v) for v in image_hw)  # a traced size raises here: scales are static
-  out_hw = _pair(output_size, "output_size", fn, positive=True)
-  scales = tuple(infer_scale(m.shape[1:3], image_hw) for m in maps)
-  k_min, k_max = (int(-math.log2(s)) for s in (scales[0], scales[-1]))
-  if not jnp.issubdtype(maps[0].dtype, jnp.inexact):
-    maps = [m.astype(jnp.float32) for m in maps]
-  return _multiscale(
-    tuple(maps),
-    boxes,
-    out_hw=out_hw,
-    scales=scales,
-    ratio=max(int(sampling_ratio), 0),
-    levels=(k_min, k_max, canonical_scale, canonical_level),
-  )
-
-
-def single_scale_roi_pool(
-  feature, boxes, *, output_size=7, spatial_scale: float = 1 / 16
-) -> jax.Array:
-  """Fast R-CNN's RoI max pooling on one map (VGG-16's conv5_3: 7x7 at 1/16).
-
-  feature: [N, H, W, C]; boxes: [N, R, 4] (x1, y1, x2, y2) in image pixels.
-  Returns [N, R, oh, ow, C] (research.ops.roi.roi_pool, torchvision's numbers).
-  """
-  feature = jnp.asarray(feature)
-  if feature.ndim != 4:
-    raise ValueError(f"single_scale_roi_pool: feature must be [N, H, W, C], got {feature.shape}")
-  n = feature.shape[0]
-  boxes = _check_boxes(boxes, n, "single_scale_roi_pool")
-  r = boxes.shape[1]
-  image = jnp.repeat(jnp.arange(n, dtype=boxes.dtype), r)[:, None]
-  rois = jnp.concatenate([image, boxes.reshape(n * r, 4)], axis=1)
-  out = roi_pool(feature, rois, output_size, spatial_scale=spatial_scale)
-  return out.reshape(n, r, *out.shape[1:])
-
 
 # --------------------------------------------------------------------------- heads
 
@@ -384,14 +244,25 @@ def postprocess(
 # --------------------------------------------------------------------------- RoIHeads
 
 
-class RoIHeads(nn.Module):
-  """torchvision's RoIHeads (boxes only) with fasterrcnn_resnet50_fpn's defaults.
+_POOLERS = ("multiscale_roi_align", "multiscale_roi_pool", "roi_pool")
 
-  pooler "multiscale_roi_align" (featmap_names of the FPN, output_size, sampling_ratio)
-  or "roi_pool" (one map, spatial_scale; Fast R-CNN with VGG16 and box_head=VGGBoxHead).
-  box_head: a module factory, called as box_head(name="box_head")(x, train=); dtype is the
-  predictor's. Training samples are `roi_targets`' (Fast R-CNN's paper: 64 or 128 per
-  image, background_low=0.1 for background IoU in [0.1, 0.5)).
+
+class RoIHeads(nn.Module):
+  """torchvision's RoIHeads with fasterrcnn_resnet50_fpn's defaults; with `mask_head` and
+  `mask_predictor`, maskrcnn_resnet50_fpn's (the mask branch on 14x14 RoI Align features).
+
+  pooler "multiscale_roi_align" (featmap_names of the FPN, output_size, sampling_ratio),
+  "multiscale_roi_pool" (RoI max pooling from the same levels: Mask R-CNN's ablation) or
+  "roi_pool" (one map, spatial_scale; Fast R-CNN with VGG16 and box_head=VGGBoxHead); the
+  mask branch pools the same way at mask_output_size. box_head, mask_head: module
+  factories, called as box_head(name="box_head")(x, train=); the predictors take the
+  computation dtype. Training samples are `roi_targets`' (Fast R-CNN's paper: 64 or 128 per
+  image, background_low=0.1 for background IoU in [0.1, 0.5)); the mask branch trains on
+  the positive ones, at most batch_size_per_image * positive_fraction per image.
+  aligned: RoI Align's samples (features and mask targets) half a pixel shifted, as
+  Detectron2's ROIAlignV2; False is torchvision's, whose mask targets sit half a pixel from
+  where its paste puts masks back: a ceiling of 0.33 mask AP on 16-64 pixel digits, 0.88
+  aligned (the ground truth cropped and pasted back, 100 digit_scenes/multi test scenes).
   """
 
   num_classes: int
@@ -410,29 +281,65 @@ class RoIHeads(nn.Module):
   score_thresh: float = 0.05
   nms_thresh: float = 0.5
   detections_per_img: int = 100
+  mask_head: Callable[..., nn.Module] | None = None
+  mask_predictor: Callable[..., nn.Module] | None = None
+  mask_output_size: int = 14
+  aligned: bool = False
   dtype: Any = jnp.float32
 
-  def pool(self, features, boxes, image_shape):
+  def pool(self, features, boxes, image_shape, output_size=None):
     """RoI features [N, R, oh, ow, C] of boxes [N, R, 4] in the padded batch's pixels."""
+    size = self.output_size if output_size is None else output_size
+    if self.pooler not in _POOLERS:
+      raise ValueError(f"RoIHeads: pooler must be one of {_POOLERS}, got {self.pooler!r}")
     if self.pooler == "roi_pool":
       maps = _maps(features, self.featmap_names, "RoIHeads")
       if len(maps) != 1:
         raise ValueError(f"RoIHeads: roi_pool pools one map, got {len(maps)}")
       return single_scale_roi_pool(
-        maps[0], boxes, output_size=self.output_size, spatial_scale=self.spatial_scale
+        maps[0], boxes, output_size=size, spatial_scale=self.spatial_scale
       )
-    if self.pooler != "multiscale_roi_align":
-      raise ValueError(
-        f"RoIHeads: pooler must be 'multiscale_roi_align' or 'roi_pool', got {self.pooler!r}"
+    if self.pooler == "multiscale_roi_pool":
+      return multiscale_roi_pool(
+        features, boxes, image_shape, output_size=size, featmap_names=self.featmap_names
       )
     return multiscale_roi_align(
       features,
       boxes,
       image_shape,
-      output_size=self.output_size,
+      output_size=size,
       sampling_ratio=self.sampling_ratio,
       featmap_names=self.featmap_names,
+      aligned=self.aligned,
     )
+
+  def _mask_branch(self):
+    if (self.mask_head is None) != (self.mask_predictor is None):
+      raise ValueError("RoIHeads: give both mask_head and mask_predictor, or neither.")
+    if self.mask_head is None:
+      return None
+    head = self.mask_head(name="mask_head")
+    predictor = self.mask_predictor(self.num_classes, dtype=self.dtype, name="mask_predictor")
+    return lambda x: predictor(head(x))
+
+  def _mask_loss(self, branch, features, t, targets, image_shape) -> jax.Array:
+    """Mask R-CNN's mask loss on the sampled positive RoIs (the first `p`: foreground
+    comes first in roi_targets' samples)."""
+    gt_masks = targets.get("masks")
+    n, g = targets["boxes"].shape[:2]
+    if gt_masks is None or gt_masks.ndim != 4 or gt_masks.shape[:2] != (n, g):
+      raise ValueError(
+        f"RoIHeads: the mask branch trains on targets['masks'] [N, G, H, W] = [{n}, {g}, H, W] "
+        f"(DetectionTransform with masks); received "
+        f"{None if gt_masks is None else tuple(gt_masks.shape)}."
+      )
+    p = max(int(self.batch_size_per_image * self.positive_fraction), 1)
+    rois, labels = lax.stop_gradient(t.rois[:, :p]), t.labels[:, :p]
+    m = 2 * self.mask_output_size  # the predictor doubles the pooled size
+    project = functools.partial(masks_lib.project_masks_on_boxes, size=m, aligned=self.aligned)
+    mask_targets = jax.vmap(project)(gt_masks, rois, t.matched_index[:, :p])
+    logits = branch(self.pool(features, rois, image_shape, self.mask_output_size))
+    return masks_lib.maskrcnn_loss(logits, labels, mask_targets, labels >= 1)
 
   @nn.compact
   def __call__(
@@ -450,14 +357,18 @@ class RoIHeads(nn.Module):
     """features: {name: [N, H_l, W_l, C]}; proposals: [N, P, 4] image pixels; proposal_valid:
     [N, P] bool; image_hw: [N, 2] each image's size before padding (clipping); image_shape:
     static (H, W) of the padded batch (feature scales); targets (train): {"boxes" [N, G, 4],
-    "labels" [N, G] int >= 1, "valid" [N, G] bool}; train samples with the "sample" rng, or
-    with `keys`, one per image (`research.detection.rpn.image_keys`).
+    "labels" [N, G] int >= 1, "valid" [N, G] bool, with a mask branch "masks" [N, G, H, W]};
+    train samples with the "sample" rng, or with `keys`, one per image
+    (`research.detection.rpn.image_keys`).
 
-    Returns (detections, losses): in training (None, {"loss_classifier", "loss_box_reg"}),
-    else (postprocess's dict, {}).
+    Returns (detections, losses): in training (None, {"loss_classifier", "loss_box_reg"},
+    and "loss_mask" with a mask branch), else (postprocess's dict, with a mask branch also
+    "mask_probs" [N, D, M, M]: each detection's own-class mask probabilities in its box,
+    M = 2 mask_output_size, zeros for padding; {}).
     """
     head = self.box_head(name="box_head")
     predictor = FastRCNNPredictor(self.num_classes, dtype=self.dtype, name="box_predictor")
+    mask_branch = self._mask_branch()
     proposal_valid = jnp.asarray(proposal_valid, bool)
     # Padding proposals may hold anything; zero boxes pool harmlessly.
     proposals = jnp.where(proposal_valid[..., None], proposals, 0)
@@ -479,12 +390,22 @@ class RoIHeads(nn.Module):
       )
       x = head(self.pool(features, lax.stop_gradient(t.rois), image_shape), train=True)
       logits, regression = predictor(x)
-      return None, fast_rcnn_loss(logits, regression, t.labels, t.deltas, t.valid)
+      losses = fast_rcnn_loss(logits, regression, t.labels, t.deltas, t.valid)
+      if mask_branch is not None:
+        losses["loss_mask"] = self._mask_loss(mask_branch, features, t, targets, image_shape)
+      return None, losses
     if self.is_initializing():
       # The heads' parameters need the pooled features' shape only; pooling and postprocess
       # (batched NMS) have no parameters, and op by op they were most of an eager init.
-      pooled = jax.eval_shape(lambda f, p: self.pool(f, p, image_shape), features, proposals)
-      predictor(head(jnp.zeros(pooled.shape, pooled.dtype), train=False))
+      def zeros(size):
+        pooled = jax.eval_shape(
+          lambda f, p: self.pool(f, p, image_shape, size), features, proposals
+        )
+        return jnp.zeros(pooled.shape, pooled.dtype)
+
+      predictor(head(zeros(self.output_size), train=False))
+      if mask_branch is not None:
+        mask_branch(zeros(self.mask_output_size))
       return {}, {}
     x = head(self.pool(features, proposals, image_shape), train=False)
     logits, regression = predictor(x)
@@ -499,4 +420,11 @@ class RoIHeads(nn.Module):
       detections_per_img=self.detections_per_img,
       weights=self.bbox_reg_weights,
     )
+    if mask_branch is not None:
+      # torchvision's maskrcnn_inference: the mask of each detection's own class.
+      mask_logits = mask_branch(
+        self.pool(features, detections["boxes"], image_shape, self.mask_output_size)
+      )
+      probs = masks_lib.mask_probabilities(mask_logits, detections["labels"])
+      detections["mask_probs"] = jnp.where(detections["valid"][..., None, None], probs, 0)
     return detections, {}

@@ -193,16 +193,20 @@ class DetectionAP(HostEvaluator):
   `research.evaluate.detection.evaluate` (pycocotools for COCO).
 
   The model returns `(detections, out)` with detections {"boxes" [B, K, 4], "scores"
-  [B, K], "labels" [B, K], "valid" [B, K], optionally "masks" [B, K, H, W] probabilities}
-  in the input image's pixels; the batch holds the padded ground truth of
+  [B, K], "labels" [B, K], "valid" [B, K], optionally Mask R-CNN's "mask_probs" [B, K, M, M]
+  (each detection's mask in its box) or "masks" [B, K, H, W] probabilities} in the input
+  image's pixels; the batch holds the padded ground truth of
   `research.data.detection.DetectionTransform` ("boxes", "labels", "valid", optional
-  "difficult", "crowd", "masks"). Both are taken back to the original image's pixels
+  "difficult", "crowd", "masks"). Boxes are taken back to the original image's pixels
   ("original_size" / "image_size") so COCO's small/medium/large areas mean what they mean.
+  Masks are compared in the resized image (the canvas cropped to "image_size"), where the
+  ground truth masks are: "mask_probs" are pasted at their boxes there
+  (research.detection.mask_head.paste_masks_in_image, torchvision's) and thresholded at 0.5.
 
   Numbers: {prefix}map50 (VOC 2007 11-point mAP at IoU 0.5, the Faster R-CNN paper's),
   {prefix}map50_area (the VOC 2010+ area), {prefix}coco_ap, coco_ap50, coco_ap75,
-  coco_aps, coco_apm, coco_apl, coco_ar100, and with `masks: True` {prefix}mask_ap and
-  mask_ap50 (masks thresholded at 0.5).
+  coco_aps, coco_apm, coco_apl, coco_ar100, and with masks (`masks: True`, the default when
+  the detector gives masks) {prefix}mask_ap and mask_ap50.
   """
 
   extra_keys = ("masks",)
@@ -213,7 +217,9 @@ class DetectionAP(HostEvaluator):
     rows = {
       f"det_{k}": v for k, v in detections.items() if k in ("boxes", "scores", "labels", "valid")
     }
-    if "masks" in detections:
+    if "mask_probs" in detections:
+      rows["det_mask_probs"] = detections["mask_probs"]
+    elif "masks" in detections:
       rows["det_masks"] = detections["masks"] >= 0.5
     for key in (
       "boxes",
@@ -234,14 +240,25 @@ class DetectionAP(HostEvaluator):
     self.detections, self.truths = [], []
 
   def update(self, rows: dict) -> None:
+    from research.detection.mask_head import (  # pylint: disable=import-outside-toplevel
+      paste_masks_in_image,
+    )
+
     for i in np.flatnonzero(rows["mask"]):
       scale = np.ones(4)
       if "gt_original_size" in rows and "gt_image_size" in rows:
         (big_h, big_w), (h, w) = rows["gt_original_size"][i], rows["gt_image_size"][i]
         scale = np.array([big_w / w, big_h / h, big_w / w, big_h / h])
       det = {k[4:]: rows[k][i] for k in rows if k.startswith("det_")}
-      det["boxes"] = det["boxes"] * scale
       gt = {k[3:]: rows[k][i] for k in rows if k.startswith("gt_") and not k.endswith("_size")}
+      if "mask_probs" in det:
+        # Masks in the resized image, where the ground truth's are (see the docstring).
+        hw = rows["gt_image_size"][i] if "gt_image_size" in rows else det["mask_probs"].shape
+        h, w = (int(round(float(v))) for v in hw[:2])
+        det["masks"] = paste_masks_in_image(det.pop("mask_probs"), det["boxes"], (h, w)) >= 0.5
+        if "masks" in gt:
+          gt["masks"] = gt["masks"][:, :h, :w]
+      det["boxes"] = det["boxes"] * scale
       gt["boxes"] = gt["boxes"] * scale
       self.detections.append(det)
       self.truths.append(gt)
@@ -249,7 +266,8 @@ class DetectionAP(HostEvaluator):
   def result(self, final: bool) -> dict:
     from research.evaluate import detection  # pylint: disable=import-outside-toplevel
 
-    masks = bool(self.spec.get("masks", False))
+    has_masks = bool(self.detections) and "masks" in self.detections[0]
+    masks = bool(self.spec.get("masks", has_masks))
     numbers = detection.evaluate(
       self.detections,
       self.truths,

@@ -91,6 +91,13 @@ def test_project_masks_and_loss_match_torchvision_with_gradient():
     torch.tensor(gt_masks), torch.tensor(boxes), torch.tensor(matched), m
   ).numpy()
   np.testing.assert_allclose(ours, theirs, atol=1e-5)
+  # aligned=True: Detectron2's ROIAlignV2, torchvision's roi_align(aligned=True).
+  rois = torch.tensor(np.concatenate([matched[:, None], boxes], 1).astype(np.float32))
+  aligned = torchvision.ops.roi_align(
+    torch.tensor(gt_masks[:, None]).float(), rois, (m, m), 1.0, -1, aligned=True
+  )[:, 0].numpy()
+  got = np.asarray(mh.project_masks_on_boxes(gt_masks, boxes, matched, m, aligned=True))
+  np.testing.assert_allclose(got, aligned, atol=1e-5)
 
   logits = rng.normal(size=(r, m, m, k)).astype(np.float32)
   gt_labels = rng.integers(1, k, g)

@@ -15,7 +15,7 @@ import pytest
 from flax import traverse_util
 
 from research.convert import torchvision as convert_tv
-from research.detection import assign
+from research.detection import assign, poolers
 from research.detection import roi_heads as rh
 from research.models import vgg
 
@@ -55,7 +55,7 @@ def test_multiscale_roi_align_matches_torchvision_with_gradient():
   feats = _pyramid(rng, n, hw, 3)
   boxes = _random_boxes(rng, n, r, hw, 3, 220)
   # canonical_scale 56 (224 in detectors) puts these small boxes on all four levels.
-  levels = np.asarray(rh.roi_levels(jnp.asarray(boxes), 2, 5, canonical_scale=56))
+  levels = np.asarray(poolers.roi_levels(jnp.asarray(boxes), 2, 5, canonical_scale=56))
   assert set(levels.ravel().tolist()) == {0, 1, 2, 3}
   pool = torchvision.ops.MultiScaleRoIAlign(list(feats), 7, 2, canonical_scale=56)
   t_feats = OrderedDict((k, _nchw(v).requires_grad_()) for k, v in feats.items())
@@ -64,7 +64,7 @@ def test_multiscale_roi_align_matches_torchvision_with_gradient():
   (ref * torch.tensor(cotangent)).sum().backward()
 
   def f(feats):
-    return rh.multiscale_roi_align(feats, boxes, hw, canonical_scale=56)
+    return poolers.multiscale_roi_align(feats, boxes, hw, canonical_scale=56)
 
   out, vjp = jax.vjp(f, {k: jnp.asarray(v) for k, v in feats.items()})
   want = ref.detach().numpy().transpose(0, 2, 3, 1).reshape(n, r, 7, 7, 3)
@@ -78,7 +78,7 @@ def test_single_scale_roi_pool_matches_torchvision():
   rng = np.random.default_rng(1)
   feature = rng.normal(size=(2, 10, 12, 5)).astype(np.float32)
   boxes = _random_boxes(rng, 2, 9, (160, 192), 8, 150)
-  out = rh.single_scale_roi_pool(feature, boxes, output_size=7, spatial_scale=1 / 16)
+  out = poolers.single_scale_roi_pool(feature, boxes, output_size=7, spatial_scale=1 / 16)
   ref = torchvision.ops.roi_pool(_nchw(feature), [torch.tensor(b) for b in boxes], 7, 1 / 16)
   want = ref.numpy().transpose(0, 2, 3, 1).reshape(2, 9, 7, 7, 5)
   np.testing.assert_allclose(out, want, atol=1e-6)

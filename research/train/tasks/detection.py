@@ -91,8 +91,9 @@ def input_fns(config: ConfigDict, num_classes: int) -> Inputs:
 
 
 def model_kwargs(batch: dict, *, train: bool) -> dict:
-  """Each image's size inside the canvas; in training the padded ground truth and the
-  images' global positions (per-image sample keys)."""
+  """Each image's size inside the canvas; in training the padded ground truth (with the
+  instance masks when `config.input.masks` keeps them) and the images' global positions
+  (per-image sample keys)."""
   kwargs = {"image_size": batch["image_size"]}
   if train:
     kwargs |= {
@@ -101,6 +102,8 @@ def model_kwargs(batch: dict, *, train: bool) -> dict:
       "valid": batch["valid"],
       "example_index": batch["example_index"],
     }
+    if "masks" in batch:  # config.input.masks: instance masks for a mask branch
+      kwargs["masks"] = batch["masks"]
   return kwargs
 
 
@@ -115,7 +118,8 @@ def default_evals(config: ConfigDict) -> list[ConfigDict]:
 
 
 def figures(workdir: str) -> list[str]:
-  """figures/learning_curves.png: the detector's losses and the test AP against steps."""
+  """figures/learning_curves.png: the detector's losses and the test AP (box, and mask when
+  evaluated) against steps."""
   from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
 
   rows = read_metrics(workdir)
@@ -124,13 +128,15 @@ def figures(workdir: str) -> list[str]:
   test = [r for r in rows if r["split"] != "train" and "test_map50" in r]
   fig = Figure(figsize=(9, 3.5))
   ax1, ax2 = fig.subplots(1, 2)
-  for key in ("loss", "loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"):
+  losses = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
+  for key in ("loss", *losses):
     if train and key in train[0]:
       ax1.plot([r["step"] for r in train], [r[key] for r in train], label=key)
   ax1.set(xlabel="step", ylabel="loss", title="training losses", yscale="log")
   ax1.legend(fontsize=7)
-  for key, label in (("test_map50", "VOC07 mAP@0.5"), ("test_coco_ap", "COCO AP")):
-    if test:
+  aps = (("test_map50", "VOC07 mAP@0.5"), ("test_coco_ap", "COCO AP"), ("test_mask_ap", "mask AP"))
+  for key, label in aps:
+    if test and key in test[0]:
       ax2.plot([r["step"] for r in test], [r[key] for r in test], "o-", label=label)
   ax2.set(xlabel="step", ylabel="AP", title="test AP", ylim=(0, 1))
   ax2.legend()
