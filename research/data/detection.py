@@ -105,8 +105,8 @@ def check_record(
   [G, 4]; labels, masks or flags whose leading axis is not G; and, naming the
   box by index and coordinates, a box with a NaN or infinite coordinate, a
   zero or negative width or height, or lying entirely outside the image (a box
-  partly outside is valid: the transforms clip it), or a label < 0 (or >=
-  `num_classes`, when given).
+  partly outside is valid: the transforms clip it), a label < 0 (or >=
+  `num_classes`, when given), or an empty mask (no pixel set) for its box.
   """
   name = _describe(record, name)
   image = np.asarray(record["image"])
@@ -147,6 +147,15 @@ def check_record(
       out[key] = out[key].astype(bool)
   if "masks" in out:
     out["masks"] = out["masks"].astype(np.uint8)
+    # A box's mask must cover some pixel: an empty target would teach "no object here".
+    empty = np.flatnonzero(out["masks"].reshape(g, -1).max(axis=1, initial=0) == 0)
+    if empty.size:
+      i = int(empty[0])
+      raise ValueError(
+        f"{name}: 'masks'[{i}] is empty (no pixel set) for box {i} "
+        f"{[round(float(v), 2) for v in boxes[i]]}; every box needs its object's pixels "
+        f"({empty.size} empty masks in all)."
+      )
   return out
 
 

@@ -222,6 +222,11 @@ def _record(**changes):
     ({"labels": np.array([0, 7])}, r"box 1 .* has label 7; expected a class id in \[0, 5\)"),
     ({"image": np.zeros((20, 30, 4), np.uint8)}, r"\[H, W, 1\] or \[H, W, 3\].*\(20, 30, 4\)"),
     ({"masks": np.zeros((2, 20, 31), np.uint8)}, r"'masks' must have shape \[2, 20, 30\]"),
+    ({"masks": np.zeros((1, 20, 30), np.uint8)}, r"'masks' must have shape \[2, 20, 30\]"),
+    (
+      {"masks": np.stack([np.zeros((20, 30), np.uint8), np.ones((20, 30), np.uint8)])},
+      r"'masks'\[0\] is empty \(no pixel set\) for box 0 \[1.0, 2.0, 5.0, 6.0\]",
+    ),
     ({"crowd": np.zeros((3,), bool)}, r"'crowd' must have shape \[2\]"),
     ({"image": np.zeros((20, 30, 3), np.float32)}, r"'image' must be uint8 \[H, W, C\]"),
     ({"image": np.zeros((20, 30), np.uint8)}, r"'image' must be uint8 \[H, W, C\]"),
