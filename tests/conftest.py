@@ -45,37 +45,6 @@ def pytest_xdist_auto_num_workers(config):
   return min(2, len(os.sched_getaffinity(0)))
 
 
-# The longest test files, longest first (seconds under two workers, 2026-12-06). With
-# `--dist loadfile` each file runs on one worker, handed out in collection order
-# (pyproject's `--no-loadscope-reorder`); xdist's own order, most tests first, left the
-# few-test, minute-long files (notebooks, detector runs) for the end, where one worker
-# ran them alone for five minutes. Longest first lets the short files fill the gaps.
-LONGEST_FILES = (
-  "tests/test_notebooks.py",  # 266 s
-  "tests/models/test_layers.py",  # 262 s
-  "tests/train/test_detection_runs.py",  # 218 s
-  "tests/train/test_detection_task.py",  # 167 s
-  "tests/train/test_parallel.py",  # 109 s
-  "tests/train/test_loop.py",  # 105 s
-  "tests/test_predict.py",  # 90 s
-  "tests/interpret/test_occlusion.py",  # 83 s
-  "tests/test_interpret_experiments.py",  # 62 s
-  "tests/models/test_torchvision_parity.py",  # 60 s
-)
-
-
-def pytest_collection_modifyitems(session, config, items):
-  """Items of LONGEST_FILES first, in that order; the rest keep their order."""
-  del session, config
-  rank = {path: i for i, path in enumerate(LONGEST_FILES)}
-
-  def key(item):
-    path = os.path.relpath(str(item.path), ROOT).replace(os.sep, "/")
-    return rank.get(path, len(rank))
-
-  items.sort(key=key)  # stable: tests within a file, and the other files, keep their order
-
-
 def pytest_unconfigure(config):
   del config
   if _OWN_CACHE:
