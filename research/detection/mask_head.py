@@ -43,8 +43,8 @@ ModuleDef = Any
 _KAIMING_FAN_OUT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def _torch_bias(fan_in: int):
-  """torch's default conv bias: uniform in +-1/sqrt(fan_in)."""
+def torch_bias(fan_in: int):
+  """torch's default bias of a conv or linear layer: uniform in +-1/sqrt(fan_in)."""
   bound = 1.0 / math.sqrt(fan_in)
   return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
@@ -99,7 +99,7 @@ class TransposedConv2x2(nn.Module):
     c = x.shape[-1]
     # Flax's fan_out of [2, 2, out, in] is 4 * in: torch's fan_out of [in, out, 2, 2].
     kernel = self.param("kernel", _KAIMING_FAN_OUT, (2, 2, self.features, c), jnp.float32)
-    bias = self.param("bias", _torch_bias(4 * self.features), (self.features,), jnp.float32)
+    bias = self.param("bias", torch_bias(4 * self.features), (self.features,), jnp.float32)
     x = x.astype(self.dtype)
     y = jnp.einsum("nijc,aboc->niajbo", x, kernel.astype(self.dtype))
     n, h, _, w, _, o = y.shape
@@ -127,7 +127,7 @@ class MaskRCNNPredictor(nn.Module):
       self.num_classes,
       (1, 1),
       kernel_init=_KAIMING_FAN_OUT,
-      bias_init=_torch_bias(self.dim_reduced),
+      bias_init=torch_bias(self.dim_reduced),
       dtype=self.dtype,
       name="mask_fcn_logits",
     )(x)

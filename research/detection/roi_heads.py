@@ -23,7 +23,6 @@ weights need no permutation.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -53,13 +52,10 @@ BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # torchvision's RoIHeads box coder
 
 def _torch_dense(features: int, fan_in: int, name: str, dtype) -> nn.Dense:
   """torch's nn.Linear default init: weight and bias uniform in +-1/sqrt(fan_in)."""
-  bound = 1.0 / math.sqrt(fan_in)
   return nn.Dense(
     features,
     kernel_init=nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
-    bias_init=lambda key, shape, dtype=jnp.float32: jax.random.uniform(
-      key, shape, dtype, -bound, bound
-    ),
+    bias_init=masks_lib.torch_bias(fan_in),
     dtype=dtype,
     name=name,
   )
