@@ -148,7 +148,7 @@ def check_record(
   if "masks" in out:
     out["masks"] = out["masks"].astype(np.uint8)
     # A box's mask must cover some pixel: an empty target would teach "no object here".
-    empty = np.flatnonzero(out["masks"].reshape(g, -1).max(axis=1, initial=0) == 0)
+    empty = np.flatnonzero(out["masks"].reshape(g, h * w).max(axis=1, initial=0) == 0)
     if empty.size:
       i = int(empty[0])
       raise ValueError(
