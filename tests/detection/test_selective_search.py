@@ -7,7 +7,7 @@ import pytest
 from skimage import color
 
 from research.detection import selective_search as ss
-from research.detection.selective_search import features, grouping
+from research.detection.selective_search import features, felzenszwalb, grouping
 
 
 def _rectangles() -> np.ndarray:
@@ -163,6 +163,39 @@ def test_hsv_matches_scikit_image():
   rgb[:5] = 0.5  # grey
   rgb[5:10, :, 1] = rgb[5:10, :, 0]  # ties for the maximum
   np.testing.assert_allclose(features.rgb_to_hsv(rgb), color.rgb2hsv(rgb), atol=1e-12)
+
+
+@pytest.mark.parametrize("colour_space", ["hsv", "lab", "i"])
+def test_felzenszwalb_labels_equal_scikit_image_for_every_k(colour_space):
+  from skimage.data import astronaut  # pylint: disable=import-outside-toplevel
+  from skimage.segmentation import felzenszwalb as reference  # pylint: disable=import-outside-toplevel
+
+  image = astronaut()[::4, ::3]  # 128 x 171: flat sky, edges and texture, ties in the weights
+  channels = features.colour_space(image, colour_space)
+  graph = felzenszwalb.Graph.of(channels)
+  h, w = image.shape[:2]
+  assert graph.costs.shape == (4 * h * w - 3 * (h + w) + 2,)
+  for k, min_size in ((50, 10), (100, 20), (300, 1)):
+    expected = reference(channels, scale=k, sigma=0.8, min_size=min_size, channel_axis=-1)
+    np.testing.assert_array_equal(graph.segment(k, min_size), expected)
+
+
+def test_default_call_runs_in_a_script_read_from_stdin(tmp_path):
+  # No `if __name__ == "__main__":` guard, the script on stdin: what a tutorial's first line does.
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+
+  script = (
+    "import numpy as np\n"
+    "from research.detection.selective_search import selective_search\n"
+    "image = np.zeros((40, 60, 3), np.uint8); image[4:16, 3:13] = 200\n"
+    "print(len(selective_search(image)))\n"
+  )
+  out = subprocess.run(
+    [sys.executable, "-"], input=script, capture_output=True, text=True, cwd=tmp_path, timeout=300
+  )
+  assert out.returncode == 0, out.stderr
+  assert int(out.stdout) >= 2
 
 
 def test_min_size_is_k_on_voc_sized_images_and_shrinks_below():

@@ -3,7 +3,8 @@
     boxes = selective_search(image, mode="fast")   # image uint8 [H, W, 3] -> [N, 4] ranked
 
 Per strategy: Felzenszwalb-Huttenlocher regions of the image in one colour
-space with threshold k (scikit-image's `felzenszwalb`, sigma 0.8, min_size k
+space with threshold k (`felzenszwalb`: scikit-image's segmentation with the
+sorted graph shared by the k of one colour space; sigma 0.8, min_size k
 on VOC-sized images, see `features.min_size` for smaller ones),
 then greedy hierarchical grouping under one similarity set (`grouping`).
 Every region of every hierarchy is a proposal. The modes are the paper's
@@ -30,10 +31,11 @@ every channel (the code uses 0.8 and, by a slip, the first channel three
 times); histogram bins are equally wide; the texture histograms' upper bound
 0.43 is the code's.
 
-Strategies are independent: one task per (colour space, k), run in a process
-pool (`workers`; scikit-image's FH holds the GIL, so threads would not help)
-that stays alive between calls. A task's similarity sets share its
-histograms, and a process bins each colour space's pixels once per image.
+Strategies are independent: one task per (colour space, k). By default they
+run in this process; `workers=` opts into a process pool that stays alive
+between calls. A task's similarity sets share its histograms, and a process
+bins each colour space's pixels and sorts its pixel graph once per image,
+for all its k (`felzenszwalb.Graph`).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from research.detection.selective_search import features, grouping
+from research.detection.selective_search import features, felzenszwalb, grouping
 from research.detection.selective_search.metrics import best_overlaps, mabo, recall
 
 __all__ = ["MODES", "Strategy", "selective_search", "recall", "mabo", "best_overlaps"]
@@ -72,21 +74,22 @@ MODES = {
 }
 
 
-_codes_cache: dict = {}
+_cache: dict = {}
 
 
-def _pixel_codes(image: np.ndarray, colour_space: str) -> features.PixelCodes:
-  """`features.pixel_codes`, remembered for the latest (image, colour space) only.
+def _colour_space(image: np.ndarray, colour_space: str):
+  """(`features.pixel_codes`, `felzenszwalb.Graph`), remembered for the latest (image, space).
 
   Tasks come colour space by colour space, so a process (a worker, or this one
-  with workers=1) mostly bins a colour space once per image; one entry bounds
-  the memory to one colour space of one image.
+  with workers=1) bins a colour space's pixels and sorts its graph once per
+  image for all its k; one entry bounds the memory to one colour space of one image.
   """
   key = (hashlib.blake2b(image.data, digest_size=16).digest(), image.shape, colour_space)
-  if key not in _codes_cache:
-    _codes_cache.clear()
-    _codes_cache[key] = features.pixel_codes(image, colour_space)
-  return _codes_cache[key]
+  if key not in _cache:
+    _cache.clear()
+    codes = features.pixel_codes(image, colour_space)
+    _cache[key] = codes, felzenszwalb.Graph.of(codes.channels)
+  return _cache[key]
 
 
 def hierarchies(image: np.ndarray, colour_space: str, k: int, measures) -> tuple:
@@ -96,8 +99,9 @@ def hierarchies(image: np.ndarray, colour_space: str, k: int, measures) -> tuple
   Returns (initial boxes [n, 4], [merged boxes [n-1, 4] per similarity set]),
   int64 (x1, y1, x2, y2), merged boxes in the order the merges made them.
   """
-  codes = _pixel_codes(image, colour_space)
-  regions = features.regions(features.segment(codes.channels, k), codes)
+  codes, graph = _colour_space(image, colour_space)
+  h, w = image.shape[:2]
+  regions = features.regions(graph.segment(k, features.min_size(k, h, w)), codes)
   n = len(regions.sizes)
   return regions.boxes, [grouping.group(regions, m).boxes[n:] for m in measures]
 
@@ -188,14 +192,16 @@ def _check_image(image) -> np.ndarray:
   return image
 
 
-def selective_search(image, *, mode: str, seed: int | None = 0, workers: int | None = None):
+def selective_search(image, *, mode: str = "fast", seed: int | None = 0, workers: int | None = 1):
   """Ranked object proposals of one image.
 
   image: uint8 [H, W, 3] RGB. mode: "single", "fast" or "quality" (`MODES`).
   seed: the ranking's random numbers (None: fresh ones each call). workers:
-  processes for the independent strategies (None: one per available core, 1:
-  run in this process); the result does not depend on it. Scripts that use
-  worker processes call this under `if __name__ == "__main__":`.
+  processes for the independent strategies (1, the default: all in this
+  process, which works wherever Python does: scripts, stdin, notebooks,
+  threads; None: one per available core). The result does not depend on it.
+  Scripts that opt into worker processes call this under
+  `if __name__ == "__main__":`, as all multiprocessing needs.
   Returns float32 [N, 4] (x1, y1, x2, y2) in pixel edges (a region covering
   columns 3..7 has x1 = 3, x2 = 8), best first, without duplicates.
   """
@@ -209,7 +215,7 @@ def selective_search(image, *, mode: str, seed: int | None = 0, workers: int | N
   elif not isinstance(workers, numbers.Integral) or workers < 1:
     raise ValueError(f"selective_search: workers must be a positive int or None, got {workers!r}")
   strategy = MODES[mode]
-  # One task per segmentation, colour space by colour space (see `_pixel_codes`), the
+  # One task per segmentation, colour space by colour space (see `_colour_space`), the
   # costliest k (the smallest: most regions) first within each.
   tasks = [(c, k, strategy.measures) for c in strategy.colour_spaces for k in strategy.ks]
   image = np.ascontiguousarray(image)

@@ -21,7 +21,6 @@ import dataclasses
 import numpy as np
 from scipy import ndimage
 from skimage import color
-from skimage.segmentation import felzenszwalb
 
 COLOUR_SPACES = ("hsv", "lab", "rgi", "h", "i")
 COLOUR_BINS = 25
@@ -31,7 +30,6 @@ TEXTURE_SIGMA = 1.0  # the paper's sigma (the authors' code passes 0.8)
 # The authors' bound on a rectified Gaussian derivative of a [0, 1] channel: a
 # unit step peaks at 1 / (sqrt(2 pi) sigma) = 0.40; larger values share the top bin.
 TEXTURE_MAX = 0.43
-FH_SIGMA = 0.8
 REFERENCE_AREA = 500 * 375  # a typical Pascal VOC image, what the paper's k was tuned on
 
 
@@ -147,20 +145,6 @@ def min_size(k: float, height: int, width: int) -> int:
   with the area instead, 1.00 but with 3x the boxes, mostly noise.)
   """
   return max(1, round(k * min(1.0, np.sqrt(height * width / REFERENCE_AREA))))
-
-
-def segment(channels: np.ndarray, k: float) -> np.ndarray:
-  """channels: float [H, W, C] in [0, 1] -> int64 labels [H, W], 0..n-1.
-
-  scikit-image's Felzenszwalb-Huttenlocher (a port of the authors' C++ code:
-  one graph over 8-connected pixels, Euclidean colour distance) with the
-  paper's sigma 0.8 and `min_size(k, H, W)`. scikit-image divides `scale` by
-  255 for [0, 1] images, so k means what it means on 8-bit images in the paper.
-  """
-  h, w = channels.shape[:2]
-  return felzenszwalb(
-    channels, scale=k, sigma=FH_SIGMA, min_size=min_size(k, h, w), channel_axis=-1
-  )
 
 
 def colour_histograms(labels: np.ndarray, sizes: np.ndarray, codes: PixelCodes) -> np.ndarray:
