@@ -143,6 +143,17 @@ def _prepared_builder(spec: DatasetSpec, data_dir: str) -> tfds.core.DatasetBuil
   return tfds.builder_from_directory(directory)
 
 
+def prepared_directory(name: str, *, data_dir: str | None = None) -> str:
+  """The directory of data set `name`'s prepared files (data_dir/NAME[/CONFIG]/VERSION),
+  preparing an offline data set first; what is derived from the data set (cached
+  proposals) is stored beside them."""
+  spec = get_spec(name)
+  data_dir = os.path.expanduser(data_dir or tfds.core.constants.DATA_DIR)
+  if spec.builder:
+    return str(_offline_builder(spec, data_dir).data_dir)
+  return str(_prepared_builder(spec, data_dir).data_dir)
+
+
 def data_source(name: str, split: str, *, data_dir: str | None = None):
   """A random-access source of {"image": uint8 [H, W, C], "label": int, ...} records.
 

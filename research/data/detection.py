@@ -6,7 +6,9 @@ The schema, what every source's adapter returns (G objects, G may be 0):
               covering columns 0..9 has x1 = 0, x2 = 10
   "labels"    int32 [G], 0-based class ids
   optional    "masks" uint8 [G, H, W] (1 on the object), "difficult" bool [G]
-              (VOC), "crowd" bool [G] (COCO), "image_id" int64 (COCO)
+              (VOC), "crowd" bool [G] (COCO), "image_id" int64 (COCO),
+              "proposals" float32 [P, 4] region proposals, best first (R-CNN and
+              Fast R-CNN: research.data.proposals)
 
 Adapters: `from_voc` (TFDS voc/2007, voc/2012), `from_coco` (TFDS coco/2017),
 `from_digit_scenes` (digit_scenes/multi); research.data.coco_format reads a
@@ -156,6 +158,16 @@ def check_record(
         f"{[round(float(v), 2) for v in boxes[i]]}; every box needs its object's pixels "
         f"({empty.size} empty masks in all)."
       )
+  if "proposals" in record:
+    proposals = np.asarray(record["proposals"], np.float32)
+    if proposals.ndim != 2 or proposals.shape[-1] != 4 or not np.isfinite(proposals).all():
+      raise ValueError(
+        f"{name}: 'proposals' must be finite float [P, 4] (x1, y1, x2, y2); received "
+        f"{proposals.dtype} of shape {proposals.shape}"
+        + ("" if proposals.ndim != 2 or proposals.shape[-1] != 4 else " with NaN or inf")
+        + "."
+      )
+    out["proposals"] = proposals
   return out
 
 
@@ -308,6 +320,9 @@ def hflip(record: dict) -> dict:
   out["boxes"] = np.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], axis=-1)
   if "masks" in record:
     out["masks"] = np.asarray(record["masks"])[:, :, ::-1]
+  if "proposals" in record:
+    p = np.asarray(record["proposals"], np.float32)
+    out["proposals"] = np.stack([w - p[:, 2], p[:, 1], w - p[:, 0], p[:, 3]], axis=-1)
   return out
 
 
@@ -368,7 +383,11 @@ class DetectionTransform:
     "image_size"     int32 [2] (h, w): the resized image inside the canvas
     "original_size"  int32 [2] (H, W): boxes times H / h, W / w are original pixels
   and, when the record has them, "masks" uint8 [M, S, S] (nearest-neighbour
-  resized), "difficult"/"crowd" bool [M] (False past the objects), "image_id".
+  resized), "difficult"/"crowd" bool [M] (False past the objects), "image_id",
+  and, from "proposals", "proposals" float32 [P, 4] (P = max_proposals: the
+  first, best-ranked ones, scaled as the boxes and clipped to the image; those
+  left without area by the clipping dropped; zero rows after them) with
+  "proposal_valid" bool [P].
 
   Records are checked by `check_record` (a bad one raises ValueError naming its
   image_id, when it has one, and the box). A record with more than `max_boxes`
@@ -395,15 +414,16 @@ class DetectionTransform:
   channels: int | None = None
   # 0 is the mean colour after normalization, what torchvision's GeneralizedRCNNTransform pads with.
   pad_value: float = 0.0
+  max_proposals: int = 2000
 
   def __call__(self, record: dict) -> dict:
     return self._transform(self._check(record))
 
   def _check(self, record: dict) -> dict:
-    if self.size < 1 or self.max_boxes < 1:
+    if self.size < 1 or self.max_boxes < 1 or self.max_proposals < 1:
       raise ValueError(
-        f"detection transform: size and max_boxes must be positive; received size={self.size}, "
-        f"max_boxes={self.max_boxes}."
+        "detection transform: size, max_boxes and max_proposals must be positive; received "
+        f"size={self.size}, max_boxes={self.max_boxes}, max_proposals={self.max_proposals}."
       )
     if not 1 <= (self.max_size or self.size) <= self.size or (self.min_size or 1) < 1:
       raise ValueError(
@@ -456,6 +476,12 @@ class DetectionTransform:
       out["masks"] = masks
     if "image_id" in record:
       out["image_id"] = np.int64(record["image_id"])
+    if "proposals" in record:
+      p = record["proposals"][: self.max_proposals] * factors
+      p = np.minimum(np.maximum(p, 0), np.array([w, h, w, h], np.float32))
+      p = p[(p[:, 2] > p[:, 0]) & (p[:, 3] > p[:, 1])]  # outside the image: no area left
+      out["proposals"] = _pad(p.astype(np.float32), self.max_proposals, 0)
+      out["proposal_valid"] = np.arange(self.max_proposals) < len(p)
     return out
 
 

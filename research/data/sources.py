@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
 
 from ml_collections import ConfigDict
 
-from research.data import datasets, detection
+from research.data import datasets, detection, proposals
 
 COCO_FORMAT = "coco_format"
 _SPLIT = re.compile(r"^(train|test)(?:\[(-?\d*%?):(-?\d*%?)\])?$")
@@ -101,23 +102,59 @@ def _cached_coco_format(items: tuple):
   return _coco_format_sources(ConfigDict(dict(items)))
 
 
+PROPOSAL_METHODS = ("selective_search",)
+
+
+def _with_proposals(config: ConfigDict, sources, root: str):
+  """`sources` whose records carry "proposals" (research.data.proposals), computed once per
+  split into root/proposals/SPLIT-MODE-MAX (or config.proposals.cache_dir/...)."""
+  p = config.proposals
+  if p.get("method", "selective_search") not in PROPOSAL_METHODS:
+    raise ValueError(
+      f"proposals.method: expected one of {PROPOSAL_METHODS}; received {p.method!r}."
+    )
+  mode, top = p.get("mode", "fast"), p.get("max_proposals", 2000)
+
+  def split_source(split: str):
+    source = sources(split)
+    name = re.sub(r"[^A-Za-z0-9_.%-]+", "_", split).strip("_")
+    directory = os.path.join(p.get("cache_dir") or root, "proposals", f"{name}-{mode}-{top}")
+    cache = proposals.ProposalCache(
+      source, directory, mode=mode, max_proposals=top, workers=p.get("workers", 1)
+    )
+    return proposals.WithProposals(source, cache.ensure())
+
+  return split_source
+
+
 def from_config(config: ConfigDict):
   """-> (spec, sources): the DatasetSpec of `config.dataset` and `sources(split)`, a
   random-access source of that split's records.
 
   With `config.task == "detection"` a TFDS data set's records come in the detection
   schema (research.data.detection.detection_source), each checked as it is read: a bad
-  one is an error naming the data set, the split, its index and image_id.
+  one is an error naming the data set, the split, its index and image_id. With
+  `config.proposals` (R-CNN, Fast R-CNN) each record also has its region proposals,
+  cached beside the data set (the prepared TFDS directory, or the annotation file's).
   """
   if config.dataset == COCO_FORMAT:
     data = config.get("data") or ConfigDict()
     # The JSON is parsed once per process however often the config is resolved.
-    return _cached_coco_format(tuple(sorted(data.to_dict().items())))
+    spec, sources = _cached_coco_format(tuple(sorted(data.to_dict().items())))
+    if config.get("proposals"):
+      root = os.path.dirname(os.path.abspath(data.annotation_file))
+      sources = _with_proposals(config, sources, root)
+    return spec, sources
   spec = datasets.get_spec(config.dataset)
   data_dir = config.get("data_dir")
   if config.get("task") == "detection" and config.dataset in detection.ADAPTERS:
-    return spec, lambda split: detection.detection_source(config.dataset, split, data_dir=data_dir)
-  return spec, lambda split: datasets.data_source(config.dataset, split, data_dir=data_dir)
+    sources = lambda split: detection.detection_source(config.dataset, split, data_dir=data_dir)  # noqa: E731
+  else:
+    sources = lambda split: datasets.data_source(config.dataset, split, data_dir=data_dir)  # noqa: E731
+  if config.get("proposals"):
+    root = datasets.prepared_directory(config.dataset, data_dir=data_dir)
+    sources = _with_proposals(config, sources, root)
+  return spec, sources
 
 
 def class_names(spec: datasets.DatasetSpec) -> tuple[str, ...]:

@@ -124,13 +124,16 @@ def smooth_l1(x, beta: float):
   return jnp.where(a < beta, 0.5 * x * x / beta, a - 0.5 * beta)
 
 
-def fast_rcnn_loss(class_logits, box_regression, labels, regression_targets, valid=None) -> dict:
+def fast_rcnn_loss(
+  class_logits, box_regression, labels, regression_targets, valid=None, *, beta: float = 1.0 / 9
+) -> dict:
   """torchvision's fastrcnn_loss over the sampled RoIs, padding excluded.
 
   class_logits: [..., K]; box_regression: [..., 4K]; labels: [...] int, class >= 1,
   0 background, -1 padding; regression_targets: [..., 4]; valid: [...] bool (default
-  labels >= 0). Cross-entropy averaged over valid RoIs; smooth L1 (beta 1/9) summed
-  over the true class's deltas of valid foreground RoIs, divided by the valid count.
+  labels >= 0). Cross-entropy averaged over valid RoIs; smooth L1 (torchvision's beta
+  1/9; the Fast R-CNN paper's is 1) summed over the true class's deltas of valid
+  foreground RoIs, divided by the valid count.
   Without any valid RoI both are 0. Returns {"loss_classifier", "loss_box_reg"}.
   """
   k = class_logits.shape[-1]
@@ -151,7 +154,7 @@ def fast_rcnn_loss(class_logits, box_regression, labels, regression_targets, val
   nll = -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
   deltas = box_regression.astype(jnp.float32).reshape(*lead, k, 4)
   deltas = jnp.take_along_axis(deltas, labels[..., None, None], axis=-2)[..., 0, :]
-  box = smooth_l1(deltas - regression_targets.astype(jnp.float32), 1.0 / 9).sum(-1)
+  box = smooth_l1(deltas - regression_targets.astype(jnp.float32), beta).sum(-1)
   return {
     "loss_classifier": jnp.where(valid, nll, 0).sum() / count,
     "loss_box_reg": jnp.where(valid & (labels > 0), box, 0).sum() / count,
@@ -255,6 +258,7 @@ class RoIHeads(nn.Module):
   computation dtype. Training samples are `roi_targets`' (Fast R-CNN's paper: 64 or 128 per
   image, background_low=0.1 for background IoU in [0.1, 0.5)); the mask branch trains on
   the positive ones, at most batch_size_per_image * positive_fraction per image.
+  smooth_l1_beta: the box loss's (torchvision's 1/9; Fast R-CNN's paper 1).
   aligned: RoI Align's samples (features and mask targets) half a pixel shifted, as
   Detectron2's ROIAlignV2; False is torchvision's, whose mask targets sit half a pixel from
   where its paste puts masks back: a ceiling of 0.33 mask AP on 16-64 pixel digits, 0.88
@@ -274,6 +278,7 @@ class RoIHeads(nn.Module):
   batch_size_per_image: int = 512
   positive_fraction: float = 0.25
   bbox_reg_weights: tuple[float, float, float, float] = BOX_WEIGHTS
+  smooth_l1_beta: float = 1.0 / 9
   score_thresh: float = 0.05
   nms_thresh: float = 0.5
   detections_per_img: int = 100
@@ -386,7 +391,9 @@ class RoIHeads(nn.Module):
       )
       x = head(self.pool(features, lax.stop_gradient(t.rois), image_shape), train=True)
       logits, regression = predictor(x)
-      losses = fast_rcnn_loss(logits, regression, t.labels, t.deltas, t.valid)
+      losses = fast_rcnn_loss(
+        logits, regression, t.labels, t.deltas, t.valid, beta=self.smooth_l1_beta
+      )
       if mask_branch is not None:
         losses["loss_mask"] = self._mask_loss(mask_branch, features, t, targets, image_shape)
       return None, losses

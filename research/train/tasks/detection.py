@@ -81,6 +81,8 @@ def input_fns(config: ConfigDict, num_classes: int) -> Inputs:
     std=optional("std"),
     channels=c.get("channels"),
   )
+  if config.get("proposals"):
+    kwargs["max_proposals"] = config.proposals.get("max_proposals", 2000)
   masks = bool(c.get("masks", False))
   train = data.RandomDetectionTransform(**kwargs, flip_probability=c.get("flip_probability", 0.5))
   return Inputs(
@@ -91,10 +93,13 @@ def input_fns(config: ConfigDict, num_classes: int) -> Inputs:
 
 
 def model_kwargs(batch: dict, *, train: bool) -> dict:
-  """Each image's size inside the canvas; in training the padded ground truth (with the
+  """Each image's size inside the canvas, the region proposals when the records have them
+  (`config.proposals`); in training the padded ground truth (with the
   instance masks when `config.input.masks` keeps them) and the images' global positions
   (per-image sample keys)."""
   kwargs = {"image_size": batch["image_size"]}
+  if "proposals" in batch:  # config.proposals: R-CNN, Fast R-CNN
+    kwargs |= {"proposals": batch["proposals"], "proposal_valid": batch["proposal_valid"]}
   if train:
     kwargs |= {
       "boxes": batch["boxes"],
