@@ -27,7 +27,9 @@ Variants:
                                  pyramid level of each proposal's size: the lineage
                                  table's Fast and Faster R-CNN differ in their proposals.
 
-`truncated_svd` (Section 3.1) factors a trained head's fc layers for detection.
+`truncated_svd` and `factor_layers` (Section 3.1) factor a trained head's fc layers for
+detection: build the same detector with the box head's `svd_ranks` and pass it
+`factor_layers(params, {"roi_heads/box_head/fc6": t6, "roi_heads/box_head/fc7": t7})`.
 """
 
 from __future__ import annotations
@@ -187,3 +189,28 @@ def truncated_svd(kernel: jax.Array, rank: int) -> tuple[jax.Array, jax.Array]:
       f"{tuple(np.shape(kernel))}; received {rank}."
     )
   return u[:, :rank], s[:rank, None] * vt[:rank]
+
+
+def factor_layers(params: dict, ranks: dict[str, int]) -> dict:
+  """A trained detector's params with the fc layers in `ranks` factored by `truncated_svd`.
+
+  params: the detector's "params" tree; ranks: {layer path ("roi_heads/box_head/fc6"):
+  rank}. Returns params for the same detector built with the head's `svd_ranks` set to
+  these ranks: "{layer}_svd" holds the first factor, "{layer}" the second and the bias.
+  """
+  params = jax.tree.map(lambda x: x, params)  # a copy: the caller's tree is left as it is
+  for path, rank in ranks.items():
+    *parents, name = path.split("/")
+    node = params
+    for key in parents:
+      if key not in node:
+        raise ValueError(f"factor_layers: no layer {path!r} in the params (at {key!r}).")
+      node = node[key]
+    if name not in node or "kernel" not in node[name]:
+      raise ValueError(
+        f"factor_layers: no dense layer {path!r} in the params; found {sorted(node)}."
+      )
+    first, second = truncated_svd(node[name]["kernel"], rank)
+    node[f"{name}_svd"] = {"kernel": first}
+    node[name] = {**node[name], "kernel": second}
+  return params

@@ -66,18 +66,34 @@ def _flatten_rois(x):
   return flatten_chw(x.reshape(-1, *x.shape[-3:])).reshape(*x.shape[:-3], -1)
 
 
+def _svd_first(rank: int | None, name: str, dtype):
+  """Fast R-CNN's truncated SVD (Section 3.1): layer `name` with a rank is two layers, its
+  first "{name}_svd" [in, rank] without bias (research.detection.fast_rcnn.factor_layers
+  fills both from a trained kernel); without a rank, nothing."""
+  if rank is None:
+    return lambda x: x
+  return nn.Dense(rank, use_bias=False, dtype=dtype, name=f"{name}_svd")
+
+
 class TwoMLPHead(nn.Module):
-  """torchvision's TwoMLPHead: x [..., oh, ow, C] -> relu(fc7(relu(fc6(flat)))) [..., rep]."""
+  """torchvision's TwoMLPHead: x [..., oh, ow, C] -> relu(fc7(relu(fc6(flat)))) [..., rep].
+
+  svd_ranks: (fc6's, fc7's) truncated-SVD ranks for detection, None for full layers.
+  """
 
   representation_size: int = 1024
+  svd_ranks: tuple[int | None, int | None] = (None, None)
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
     del train  # no dropout, as torchvision's
     x = _flatten_rois(x)
-    x = nn.relu(_torch_dense(self.representation_size, x.shape[-1], "fc6", self.dtype)(x))
-    return nn.relu(_torch_dense(self.representation_size, x.shape[-1], "fc7", self.dtype)(x))
+    for name, rank in zip(("fc6", "fc7"), self.svd_ranks, strict=True):
+      fan_in = x.shape[-1]
+      x = _svd_first(rank, name, self.dtype)(x)
+      x = nn.relu(_torch_dense(self.representation_size, fan_in, name, self.dtype)(x))
+    return x
 
 
 class VGGBoxHead(nn.Module):
@@ -90,15 +106,18 @@ class VGGBoxHead(nn.Module):
 
   hidden: int = 4096
   dropout_rate: float = 0.5
+  svd_ranks: tuple[int | None, int | None] = (None, None)  # the paper's: (1024, 256)
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
     dense = functools.partial(nn.Dense, kernel_init=nn.initializers.normal(0.01), dtype=self.dtype)
-    x = nn.relu(dense(self.hidden, name="classifier.0")(_flatten_rois(x)))
-    x = nn.Dropout(self.dropout_rate, deterministic=not train, name="classifier.2")(x)
-    x = nn.relu(dense(self.hidden, name="classifier.3")(x))
-    return nn.Dropout(self.dropout_rate, deterministic=not train, name="classifier.5")(x)
+    x = _flatten_rois(x)
+    for i, rank in zip((0, 3), self.svd_ranks, strict=True):
+      x = _svd_first(rank, f"classifier.{i}", self.dtype)(x)
+      x = nn.relu(dense(self.hidden, name=f"classifier.{i}")(x))
+      x = nn.Dropout(self.dropout_rate, deterministic=not train, name=f"classifier.{i + 2}")(x)
+    return x
 
 
 class FastRCNNPredictor(nn.Module):

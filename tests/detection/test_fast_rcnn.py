@@ -157,3 +157,30 @@ def test_truncated_svd_is_the_best_rank_t_approximation():
   np.testing.assert_allclose(error, np.sqrt((s[5:] ** 2).sum()), rtol=1e-4)
   with pytest.raises(ValueError, match=r"rank must be in \[1, 24\].*received 0"):
     fast_rcnn.truncated_svd(kernel, 0)
+
+
+def test_factored_head_at_full_rank_detects_the_same_and_at_low_rank_nearly():
+  model = _tiny("multiscale_roi_pool")
+  x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 64, 64, 3)), jnp.float32)
+  proposals, proposal_valid = _proposals()
+  variables = model.init(jax.random.PRNGKey(0), x, proposals, proposal_valid)
+  reference, _ = model.apply(variables, x, proposals, proposal_valid)
+
+  def factored(ranks):
+    heads = functools.partial(
+      model.roi_heads, box_head=lambda **b: roi_heads.TwoMLPHead(32, svd_ranks=ranks, **b)
+    )
+    layers = {f"roi_heads/box_head/{n}": r for n, r in zip(("fc6", "fc7"), ranks) if r}
+    params = fast_rcnn.factor_layers(variables["params"], layers)
+    return model.clone(roi_heads=heads).apply(
+      {**variables, "params": params}, x, proposals, proposal_valid
+    )[0]
+
+  full = factored((32, 32))
+  np.testing.assert_allclose(full["scores"], reference["scores"], atol=1e-4)
+  np.testing.assert_allclose(full["boxes"], reference["boxes"], atol=1e-3)
+  assert "fc6_svd" not in variables["params"]["roi_heads"]["box_head"]  # the caller's tree kept
+  low = factored((8, None))
+  assert low["boxes"].shape == reference["boxes"].shape
+  with pytest.raises(ValueError, match="no dense layer 'roi_heads/box_head/fc9'"):
+    fast_rcnn.factor_layers(variables["params"], {"roi_heads/box_head/fc9": 4})
