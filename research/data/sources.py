@@ -15,6 +15,7 @@ said in the log. Splits are "train" and "test", optionally sliced as TFDS slices
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -25,6 +26,8 @@ from ml_collections import ConfigDict
 from research.data import datasets, detection, proposals
 
 COCO_FORMAT = "coco_format"
+# Tasks whose records are in the detection schema (research.data.detection).
+DETECTION_SCHEMA_TASKS = ("detection", "rcnn")
 _SPLIT = re.compile(r"^(train|test)(?:\[(-?\d*%?):(-?\d*%?)\])?$")
 
 
@@ -147,14 +150,48 @@ def from_config(config: ConfigDict):
     return spec, sources
   spec = datasets.get_spec(config.dataset)
   data_dir = config.get("data_dir")
-  if config.get("task") == "detection" and config.dataset in detection.ADAPTERS:
+  if config.get("task") in DETECTION_SCHEMA_TASKS and config.dataset in detection.ADAPTERS:
     sources = lambda split: detection.detection_source(config.dataset, split, data_dir=data_dir)  # noqa: E731
   else:
     sources = lambda split: datasets.data_source(config.dataset, split, data_dir=data_dir)  # noqa: E731
   if config.get("proposals"):
     root = datasets.prepared_directory(config.dataset, data_dir=data_dir)
     sources = _with_proposals(config, sources, root)
+  if config.get("regions"):
+    return _regions(config, spec, sources)
   return spec, sources
+
+
+def _regions(config: ConfigDict, spec, sources):
+  """R-CNN's classification data set of warped windows (research.detection.rcnn.RegionRecords)
+  of each split's detection records: classes 0 (background) and 1..K, images of
+  config.regions.size; one set of windows per split, built once per process."""
+  from research.detection import rcnn  # pylint: disable=import-outside-toplevel
+
+  if not config.get("proposals"):
+    raise ValueError("regions: R-CNN's windows come from proposals; set config.proposals too.")
+  r = config.regions
+  size = r.get("size", 227)
+  channels = spec.image_shape[-1]
+  names = ("background", *(spec.class_names or map(str, range(spec.num_classes))))
+  windows = dataclasses.replace(
+    spec, image_shape=(size, size, channels), num_classes=spec.num_classes + 1, class_names=names
+  )
+  built = {}
+
+  def split_source(split: str):
+    if split not in built:
+      built[split] = rcnn.RegionRecords(
+        sources(split),
+        size,
+        fill=tuple(r.get("fill", (0,))),
+        seed=config.get("seed", 0),
+        fg_iou=r.get("fg_iou", 0.5),
+        fg_fraction=r.get("fg_fraction", 0.25),
+      )
+    return built[split]
+
+  return windows, split_source
 
 
 def class_names(spec: datasets.DatasetSpec) -> tuple[str, ...]:
