@@ -99,6 +99,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.optimizer.learning_rate = 0.01
     c.optimizer.weight_decay = 5e-4
     c.evals[1].svm_images = 1000
+    # Window accuracy on 50 test scenes' windows (about 9,000): all 500 scenes' 91,539
+    # windows, each warped from its decoded scene, took most of a smoke run's time.
+    c.evals[0].split = "test[:50]"
   return c
 
 
