@@ -43,9 +43,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research.detection.faster_rcnn import ResNetFPN, VGGConv5, _check_inputs
+from research.detection.faster_rcnn import SCENES_BACKBONE, VGGConv5, _check_inputs
 from research.detection.roi_heads import RoIHeads, TwoMLPHead, VGGBoxHead
-from research.models import resnet
 
 
 def _check_proposals(proposals, proposal_valid, n: int, name: str) -> None:
@@ -159,12 +158,7 @@ FastRCNN_VGG16 = FastRCNN
 
 FastRCNN_ResNet18_FPN_Scenes = functools.partial(
   FastRCNN,
-  backbone=functools.partial(
-    ResNetFPN,
-    resnet=functools.partial(resnet.ResNet18, num_filters=16),
-    norm=None,
-    out_channels=64,
-  ),
+  backbone=SCENES_BACKBONE,  # Faster R-CNN :runlocal's, so the lineage compares proposals
   roi_heads=functools.partial(
     RoIHeads,
     box_head=functools.partial(TwoMLPHead, 256),

@@ -236,14 +236,15 @@ FasterRCNN_VGG16 = functools.partial(
 # its checkpoint initializes "backbone/body") with batch norm that trains (batches of
 # several scenes estimate statistics well, unlike torchvision's one or two photographs),
 # an FPN of 64 channels, anchors of 16..256 pixels, fewer proposals and a smaller box head.
+SCENES_BACKBONE = functools.partial(
+  ResNetFPN,
+  resnet=functools.partial(resnet.ResNet18, num_filters=16),
+  norm=None,
+  out_channels=64,
+)
 FasterRCNN_ResNet18_FPN_Scenes = functools.partial(
   FasterRCNN,
-  backbone=functools.partial(
-    ResNetFPN,
-    resnet=functools.partial(resnet.ResNet18, num_filters=16),
-    norm=None,
-    out_channels=64,
-  ),
+  backbone=SCENES_BACKBONE,
   rpn=functools.partial(
     rpn_lib.RPN,
     anchor_sizes=((16,), (32,), (64,), (128,), (256,)),
