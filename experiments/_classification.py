@@ -132,6 +132,9 @@ def base() -> ConfigDict:
   c.loss = "classification"
   c.dataset = "mnist5k"
   c.data_dir = config_dict.placeholder(str)
+  # "": the data set's training split; a TFDS split ("train[:10%]", "train[:24]") trains on
+  # part of it (its proposals and windows are cached under that name).
+  c.train_split = ""
   c.num_classes = config_dict.placeholder(int)  # None: the data set's
   c.input = ConfigDict()
   c.input.pad = 0

@@ -45,9 +45,9 @@ log = logging.getLogger(__name__)
 DETECTION_TASKS = ("detection",)
 
 
-def load_config(workdir: str) -> ConfigDict:
+def load_config(workdir: str, tasks: tuple[str, ...] = DETECTION_TASKS) -> ConfigDict:
   """The run's config.json; FileNotFoundError when `workdir` is not a run's directory,
-  ValueError when its task is not a detection task."""
+  ValueError when its task is not one of `tasks` (the detection tasks)."""
   if not os.path.isdir(workdir):
     raise FileNotFoundError(
       f"--workdir: expected the directory of a training run (config.json, checkpoints/); "
@@ -62,9 +62,9 @@ def load_config(workdir: str) -> ConfigDict:
   with open(path) as f:
     config = ConfigDict(json.load(f))
   task = config.get("task", "classification")
-  if task not in DETECTION_TASKS:
+  if task not in tasks:
     raise ValueError(
-      f"--workdir: predict runs detectors, runs of config.task in {list(DETECTION_TASKS)}; "
+      f"--workdir: predict runs detectors, runs of config.task in {list(tasks)}; "
       f"{workdir!r} holds a run of task {task!r}."
     )
   return config

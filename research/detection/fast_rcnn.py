@@ -208,3 +208,27 @@ def factor_layers(params: dict, ranks: dict[str, int]) -> dict:
     node[f"{name}_svd"] = {"kernel": first}
     node[name] = {**node[name], "kernel": second}
   return params
+
+
+_SVD_LAYERS = {TwoMLPHead: ("fc6", "fc7"), VGGBoxHead: ("classifier.0", "classifier.3")}
+
+
+def with_svd(model: FastRCNN, params: dict, ranks: tuple[int, int]) -> tuple[FastRCNN, dict]:
+  """Section 3.1 on a trained detector: (the same detector with its box head's fc6 and fc7
+  factored at `ranks` (None: that layer kept whole), its params through `factor_layers`).
+  The box head must be a
+  `TwoMLPHead` or `VGGBoxHead` given to `roi_heads` as `box_head`."""
+  heads = model.roi_heads
+  box_head = getattr(heads, "keywords", {}).get("box_head")
+  kind = getattr(box_head, "func", box_head)
+  if kind not in _SVD_LAYERS:
+    raise ValueError(
+      f"with_svd: the model's roi_heads need a box_head in {[k.__name__ for k in _SVD_LAYERS]}; "
+      f"received {getattr(kind, '__name__', kind)!r}."
+    )
+  factored = model.clone(
+    roi_heads=functools.partial(heads, box_head=functools.partial(box_head, svd_ranks=ranks))
+  )
+  names = _SVD_LAYERS[kind]
+  layers = {f"roi_heads/box_head/{n}": r for n, r in zip(names, ranks, strict=True) if r}
+  return factored, factor_layers(params, layers)

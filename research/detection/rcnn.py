@@ -23,6 +23,7 @@ anisotropically to S x S with bilinear sampling; outside the image the warp is `
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 
@@ -304,6 +305,51 @@ class BoxRegressor:
     """features [R, D], labels [R] 0-based -> deltas [R, 4]."""
     w, b = self.weights[labels], self.bias[labels]
     return np.einsum("rd,rdf->rf", np.asarray(features, np.float64), w) + b
+
+
+@dataclasses.dataclass
+class Classifiers:
+  """What R-CNN trains on the fine-tuned network's features: the SVMs (on fc7 features times
+  fc7_scale) and the box regressors (on pool5 features times pool5_scale). `save` and `load`
+  keep them beside a run's checkpoints (the `rcnn_detection` evaluator writes
+  `CLASSIFIERS_FILE` into its workdir)."""
+
+  svms: SVMs
+  regressor: BoxRegressor
+  fc7_scale: float
+  pool5_scale: float
+
+  def save(self, path: str) -> str:
+    """Writes the four arrays and the two scales to `path` (.npz) and returns it."""
+    with open(path, "wb") as f:  # a file object: np.savez would otherwise append ".npz"
+      np.savez(
+        f,
+        svm_weights=self.svms.weights,
+        svm_bias=self.svms.bias,
+        regressor_weights=self.regressor.weights,
+        regressor_bias=self.regressor.bias,
+        scales=np.array([self.fc7_scale, self.pool5_scale]),
+      )
+    return path
+
+  @classmethod
+  def load(cls, path: str) -> Classifiers:
+    if not os.path.isfile(path):
+      raise FileNotFoundError(
+        f"Classifiers.load: no R-CNN classifiers at {path!r}; the rcnn task's rcnn_detection "
+        f"evaluator writes {CLASSIFIERS_FILE} into the workdir after training."
+      )
+    with np.load(path) as z:
+      fc7_scale, pool5_scale = (float(v) for v in z["scales"])
+      return cls(
+        SVMs(z["svm_weights"], z["svm_bias"]),
+        BoxRegressor(z["regressor_weights"], z["regressor_bias"]),
+        fc7_scale,
+        pool5_scale,
+      )
+
+
+CLASSIFIERS_FILE = "rcnn_classifiers.npz"
 
 
 def detect(

@@ -148,7 +148,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
   parallel.check_batch_size(config.eval_batch_size, "eval_batch_size")
   inputs = task.input_fns(config, num_classes)
   loss_fn = task.loss_fn(config)
-  train_source = sources(spec.train_split)
+  train_split = config.get("train_split") or spec.train_split
+  train_source = sources(train_split)
   train_iter = pipeline.train_iterator(
     train_source,
     global_batch_size=config.batch_size,
@@ -170,7 +171,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
       eval_batch_size=config.eval_batch_size,
       num_classes=num_classes,
       workdir=workdir,
-      train_split=spec.train_split,
+      train_split=train_split,
       test_split=spec.test_split,
     ),
     task.__name__.rpartition(".")[2],

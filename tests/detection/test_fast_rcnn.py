@@ -21,7 +21,7 @@ def _tiny(pooler: str):
   single = {"featmap_names": ("2",), "spatial_scale": 1 / 16} if pooler == "roi_pool" else {}
   heads = functools.partial(
     roi_heads.RoIHeads,
-    box_head=lambda **b: roi_heads.TwoMLPHead(32, **b),
+    box_head=functools.partial(roi_heads.TwoMLPHead, 32),
     pooler=pooler,
     batch_size_per_image=16,
     background_low=0.1,
@@ -178,9 +178,16 @@ def test_factored_head_at_full_rank_detects_the_same_and_at_low_rank_nearly():
 
   full = factored((32, 32))
   np.testing.assert_allclose(full["scores"], reference["scores"], atol=1e-4)
+  svd_model, svd_params = fast_rcnn.with_svd(model, variables["params"], (32, 32))
+  same, _ = svd_model.apply({**variables, "params": svd_params}, x, proposals, proposal_valid)
+  np.testing.assert_allclose(same["scores"], reference["scores"], atol=1e-4)
+  assert svd_params["roi_heads"]["box_head"]["fc7_svd"]["kernel"].shape == (32, 32)
   np.testing.assert_allclose(full["boxes"], reference["boxes"], atol=1e-3)
   assert "fc6_svd" not in variables["params"]["roi_heads"]["box_head"]  # the caller's tree kept
   low = factored((8, None))
   assert low["boxes"].shape == reference["boxes"].shape
   with pytest.raises(ValueError, match="no dense layer 'roi_heads/box_head/fc9'"):
     fast_rcnn.factor_layers(variables["params"], {"roi_heads/box_head/fc9": 4})
+  plain = model.clone(roi_heads=functools.partial(model.roi_heads, box_head=lambda **b: None))
+  with pytest.raises(ValueError, match="with_svd: the model's roi_heads need a box_head"):
+    fast_rcnn.with_svd(plain, variables["params"], (8, 8))

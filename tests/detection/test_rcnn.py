@@ -131,6 +131,25 @@ def test_svms_with_hard_negative_mining_separate_classes():
   assert (svms(negatives[1][:400]) < 0).mean() > 0.95
 
 
+def test_classifiers_save_and_load_the_svms_regressors_and_scales(tmp_path):
+  rng = np.random.default_rng(3)
+  saved = rcnn.Classifiers(
+    rcnn.SVMs(rng.normal(size=(6, 2)), rng.normal(size=2)),
+    rcnn.BoxRegressor(rng.normal(size=(2, 5, 4)), rng.normal(size=(2, 4))),
+    fc7_scale=0.25,
+    pool5_scale=3.5,
+  )
+  path = saved.save(str(tmp_path / rcnn.CLASSIFIERS_FILE))
+  loaded = rcnn.Classifiers.load(path)
+  x, f = rng.normal(size=(7, 6)), rng.normal(size=(7, 5))
+  np.testing.assert_array_equal(loaded.svms(x), saved.svms(x))
+  labels = rng.integers(0, 2, 7)
+  np.testing.assert_array_equal(loaded.regressor(f, labels), saved.regressor(f, labels))
+  assert (loaded.fc7_scale, loaded.pool5_scale) == (0.25, 3.5)
+  with pytest.raises(FileNotFoundError, match="rcnn_detection evaluator writes"):
+    rcnn.Classifiers.load(str(tmp_path / "missing.npz"))
+
+
 def test_detect_regresses_clips_and_suppresses_per_class():
   proposals = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 70, 70], [0, 0, 10, 10]], float)
   scores = np.array([[2.0, -5], [1.0, -5], [-5, 0.5], [-5, 0.2]])
