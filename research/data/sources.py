@@ -147,6 +147,8 @@ def from_config(config: ConfigDict):
     if config.get("proposals"):
       root = os.path.dirname(os.path.abspath(data.annotation_file))
       sources = _with_proposals(config, sources, root)
+    if config.get("regions"):
+      return _regions(config, spec, sources)
     return spec, sources
   spec = datasets.get_spec(config.dataset)
   data_dir = config.get("data_dir")

@@ -151,6 +151,8 @@ class FastRCNN(nn.Module):
       return losses, out
     if self.is_initializing():
       return detections, out
+    if "labels" not in detections:  # the heads' raw_outputs: nothing to relabel
+      return detections, out
     return {**detections, "labels": detections["labels"] - 1}, out
 
 

@@ -202,7 +202,8 @@ class FasterRCNN(nn.Module):
       return {**rpn_losses, **roi_losses}, out
     if self.is_initializing():  # the heads skipped their parameter-free postprocessing
       return detections, out
-    detections = {**detections, "labels": detections["labels"] - 1}
+    if "labels" in detections:  # not with the heads' raw_outputs
+      detections = {**detections, "labels": detections["labels"] - 1}
     return detections, out
 
 

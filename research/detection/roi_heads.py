@@ -282,6 +282,8 @@ class RoIHeads(nn.Module):
   Detectron2's ROIAlignV2; False is torchvision's, whose mask targets sit half a pixel from
   where its paste puts masks back: a ceiling of 0.33 mask AP on 16-64 pixel digits, 0.88
   aligned (the ground truth cropped and pasted back, 100 digit_scenes/multi test scenes).
+  raw_outputs: evaluation stops before `postprocess` and returns `raw_detections`' inputs
+  (to time the network apart from the decoding and NMS: benchmarks/lineage.py); no masks.
   """
 
   num_classes: int
@@ -305,7 +307,25 @@ class RoIHeads(nn.Module):
   mask_predictor: Callable[..., nn.Module] | None = None
   mask_output_size: int = 14
   aligned: bool = False
+  raw_outputs: bool = False
   dtype: Any = jnp.float32
+
+  def postprocess_raw(self, raw: dict) -> dict:
+    """`postprocess` with these heads' settings on raw outputs {"class_logits" [N, P, K],
+    "box_regression" [N, P, 4K], "proposals" [N, P, 4], "proposal_valid" [N, P], "image_hw"
+    [N, 2]} (what evaluation returns with raw_outputs). Needs no parameters: callable on an
+    unbound RoIHeads."""
+    return postprocess(
+      raw["class_logits"],
+      raw["box_regression"],
+      raw["proposals"],
+      raw["proposal_valid"],
+      raw["image_hw"],
+      score_thresh=self.score_thresh,
+      nms_thresh=self.nms_thresh,
+      detections_per_img=self.detections_per_img,
+      weights=self.bbox_reg_weights,
+    )
 
   def pool(self, features, boxes, image_shape, output_size=None):
     """RoI features [N, R, oh, ow, C] of boxes [N, R, 4] in the padded batch's pixels."""
@@ -431,17 +451,16 @@ class RoIHeads(nn.Module):
       return {}, {}
     x = head(self.pool(features, proposals, image_shape), train=False)
     logits, regression = predictor(x)
-    detections = postprocess(
-      logits,
-      regression,
-      proposals,
-      proposal_valid,
-      image_hw,
-      score_thresh=self.score_thresh,
-      nms_thresh=self.nms_thresh,
-      detections_per_img=self.detections_per_img,
-      weights=self.bbox_reg_weights,
-    )
+    raw = {
+      "class_logits": logits.reshape(*proposals.shape[:2], -1),
+      "box_regression": regression.reshape(*proposals.shape[:2], -1),
+      "proposals": proposals,
+      "proposal_valid": proposal_valid,
+      "image_hw": jnp.asarray(image_hw, jnp.float32),
+    }
+    if self.raw_outputs:
+      return raw, {}
+    detections = self.postprocess_raw(raw)
     if mask_branch is not None:
       # torchvision's maskrcnn_inference: the mask of each detection's own class.
       mask_logits = mask_branch(

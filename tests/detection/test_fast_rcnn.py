@@ -159,12 +159,18 @@ def test_truncated_svd_is_the_best_rank_t_approximation():
     fast_rcnn.truncated_svd(kernel, 0)
 
 
-def test_factored_head_at_full_rank_detects_the_same_and_at_low_rank_nearly():
+def _detected(seed: int):
+  """(model, images, proposals, proposal_valid, variables, detections) of the tiny detector."""
   model = _tiny("multiscale_roi_pool")
-  x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 64, 64, 3)), jnp.float32)
+  x = jnp.asarray(np.random.default_rng(seed).normal(size=(2, 64, 64, 3)), jnp.float32)
   proposals, proposal_valid = _proposals()
   variables = model.init(jax.random.PRNGKey(0), x, proposals, proposal_valid)
   reference, _ = model.apply(variables, x, proposals, proposal_valid)
+  return model, x, proposals, proposal_valid, variables, reference
+
+
+def test_factored_head_at_full_rank_detects_the_same_and_at_low_rank_nearly():
+  model, x, proposals, proposal_valid, variables, reference = _detected(3)
 
   def factored(ranks):
     heads = functools.partial(
@@ -191,3 +197,15 @@ def test_factored_head_at_full_rank_detects_the_same_and_at_low_rank_nearly():
   plain = model.clone(roi_heads=functools.partial(model.roi_heads, box_head=lambda **b: None))
   with pytest.raises(ValueError, match="with_svd: the model's roi_heads need a box_head"):
     fast_rcnn.with_svd(plain, variables["params"], (8, 8))
+
+
+def test_raw_outputs_then_postprocess_raw_give_the_same_detections():
+  """The lineage benchmark times the network (raw_outputs) and postprocess_raw apart."""
+  model, x, proposals, proposal_valid, variables, reference = _detected(4)
+  raw_model = model.clone(roi_heads=functools.partial(model.roi_heads, raw_outputs=True))
+  raw, _ = raw_model.apply(variables, x, proposals, proposal_valid)
+  assert raw["class_logits"].shape == (2, proposals.shape[1], 4)  # 3 classes + background
+  split = model.roi_heads(num_classes=4).postprocess_raw(raw)
+  for key in ("boxes", "scores", "valid"):
+    np.testing.assert_array_equal(split[key], reference[key])
+  np.testing.assert_array_equal(split["labels"] - 1, reference["labels"])
