@@ -8,7 +8,8 @@
 Keys of an entry: `type` (one of the task's `EVALUATORS`), `split` ("test" and "train"
 name the data set's own splits, anything else is a TFDS split such as "train[:10%]"),
 `every_steps` (0: only after the last step), `prefix` (default f"{split}_", put before
-every number), `name` (the metrics.jsonl "split" of its rows; default the split).
+every number), `name` (the metrics.jsonl "split" of its rows; default the split, and
+"train_eval" for "train", whose rows are the training log's).
 
 Two kinds, as big_vision's evaluators:
   `DeviceSums`: the compiled step returns per-batch sums (psum'd across devices); the host
@@ -84,7 +85,9 @@ class Evaluator:
     self.split_name = split
     self.split = {"test": ctx.test_split, "train": ctx.train_split}.get(split, split)
     self.prefix = spec.get("prefix", f"{split}_")
-    self.name = spec.get("name", split)
+    # metrics.jsonl's "train" rows are the training log's: an evaluation of the training
+    # split goes under "train_eval" unless named.
+    self.name = spec.get("name", "train_eval" if split == "train" else split)
     self._source = None
 
   def due(self, step: int) -> bool:

@@ -132,3 +132,14 @@ def test_pmap_run_resumes_and_matches_jit(small_config, tmp_path):
   assert pmap["resumed_from_step"] == 20
   assert pmap["param_fingerprint"] == jit["param_fingerprint"]
   assert pmap["test_accuracy"] == jit["test_accuracy"]
+
+
+def test_train_split_trains_and_evaluates_on_part_of_the_training_set(small_config, tmp_path):
+  from ml_collections import ConfigDict  # pylint: disable=import-outside-toplevel
+
+  small_config.train_split = "train[:64]"
+  small_config.total_steps = 4
+  small_config.checkpoint_every_steps = 4
+  small_config.evals = [ConfigDict({"type": "accuracy", "split": "train", "every_steps": 0})]
+  results = train_and_evaluate(small_config, str(tmp_path))
+  assert results["train_examples"] == 64  # "train" names the config's training split
