@@ -5,8 +5,9 @@
         ConfigDict({"type": "confusion", "split": "test"}),          # at the end only
     ]
 
-Keys of an entry: `type` (one of the task's `EVALUATORS`), `split` ("test" and "train"
-name the data set's own splits, anything else is a TFDS split such as "train[:10%]"),
+Keys of an entry: `type` (one of the task's `EVALUATORS`), `split` ("test" names the data
+set's test split, "train" the run's training split (`config.train_split`, else the data
+set's), anything else is a TFDS split such as "train[:10%]"),
 `every_steps` (0: only after the last step), `prefix` (default f"{split}_", put before
 every number), `name` (the metrics.jsonl "split" of its rows; default the split, and
 "train_eval" for "train", whose rows are the training log's).
