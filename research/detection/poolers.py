@@ -25,7 +25,7 @@ from jax import lax
 
 from research.ops import boxes as box_ops
 from research.ops.conv import _pair
-from research.ops.roi import roi_pool
+from research.ops.roi import roi_pool, roi_pool_levels
 from research.ops.roi.align import _align_axis, _gather_sum
 
 
@@ -197,11 +197,10 @@ def multiscale_roi_pool(
   scales = [infer_scale(m.shape[1:3], image_hw) for m in maps]
   k_min, k_max = (int(-math.log2(s)) for s in (scales[0], scales[-1]))
   boxes = lax.stop_gradient(boxes)
+  r = boxes.shape[1]
   level = roi_levels(boxes, k_min, k_max, canonical_scale, canonical_level)
-  # Each level pools every RoI and keeps its own: L times the work of one roi_pool, a
-  # price the ablation pays (the detectors pool with RoI Align).
-  out = None
-  for i, (fmap, scale) in enumerate(zip(maps, scales)):
-    pooled = single_scale_roi_pool(fmap, boxes, output_size=output_size, spatial_scale=scale)
-    out = pooled if out is None else jnp.where((level == i)[..., None, None, None], pooled, out)
-  return out
+  image = jnp.repeat(jnp.arange(n, dtype=boxes.dtype), r)[:, None]
+  rois = jnp.concatenate([image, boxes.reshape(n * r, 4)], 1)
+  # Each RoI from its own level in one lookup (research.ops.roi.roi_pool_levels).
+  out = roi_pool_levels(maps, rois, level.reshape(-1), output_size, spatial_scales=scales)
+  return out.reshape(n, r, *out.shape[1:])

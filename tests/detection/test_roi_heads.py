@@ -84,6 +84,39 @@ def test_single_scale_roi_pool_matches_torchvision():
   np.testing.assert_allclose(out, want, atol=1e-6)
 
 
+def test_multiscale_roi_pool_is_torchvision_roi_pool_on_each_rois_level_with_gradient():
+  """One lookup per bin from the stacked levels = torchvision's roi_pool of each RoI on its own
+  FPN level (the level FPN eq. 1 gives it), values and gradients."""
+  rng = np.random.default_rng(2)
+  hw, n, r = (160, 192), 2, 24
+  feats = _pyramid(rng, n, hw, 3)
+  boxes = _random_boxes(rng, n, r, hw, 3, 150)
+  levels = np.asarray(poolers.roi_levels(jnp.asarray(boxes), 2, 5, canonical_scale=56))
+  assert set(levels.ravel().tolist()) == {0, 1, 2, 3}
+  t_feats = OrderedDict((k, _nchw(v).requires_grad_()) for k, v in feats.items())
+  rois = torch.tensor(
+    np.concatenate([np.repeat(np.arange(n), r)[:, None], boxes.reshape(-1, 4)], 1),
+    dtype=torch.float32,
+  )
+  ref = torch.zeros(n * r, 3, 7, 7)
+  for i, fmap in enumerate(t_feats.values()):
+    chosen = torch.tensor(levels.reshape(-1) == i)
+    pooled = torchvision.ops.roi_pool(fmap, rois, 7, 1 / 2 ** (i + 2))
+    ref = torch.where(chosen[:, None, None, None], pooled, ref)
+  cotangent = rng.normal(size=ref.shape).astype(np.float32)
+  (ref * torch.tensor(cotangent)).sum().backward()
+
+  def f(feats):
+    return poolers.multiscale_roi_pool(feats, boxes, hw, canonical_scale=56)
+
+  out, vjp = jax.vjp(f, {k: jnp.asarray(v) for k, v in feats.items()})
+  want = ref.detach().numpy().transpose(0, 2, 3, 1).reshape(n, r, 7, 7, 3)
+  np.testing.assert_allclose(out, want, atol=1e-6)
+  (grads,) = vjp(jnp.asarray(cotangent.transpose(0, 2, 3, 1).reshape(n, r, 7, 7, 3)))
+  for k, v in t_feats.items():
+    np.testing.assert_allclose(grads[k], v.grad.numpy().transpose(0, 2, 3, 1), atol=1e-5)
+
+
 def _convert(state_dict, prefix, module, shape):
   sub = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
   return convert_tv.convert(sub, module, inputs=jax.ShapeDtypeStruct(shape, jnp.float32))

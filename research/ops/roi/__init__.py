@@ -45,6 +45,6 @@ from __future__ import annotations
 
 from research.ops.roi.align import roi_align
 from research.ops.roi.common import check_rois
-from research.ops.roi.pool import roi_pool
+from research.ops.roi.pool import roi_pool, roi_pool_levels
 
-__all__ = ["roi_align", "roi_pool", "check_rois"]
+__all__ = ["roi_align", "roi_pool", "roi_pool_levels", "check_rois"]

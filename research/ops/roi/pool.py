@@ -238,3 +238,53 @@ def roi_pool(
   if rois.shape[0] == 0:
     return jnp.zeros((0, *out_hw, c), features.dtype)
   return _roi_pool(features, rois, out_hw=out_hw, spatial_scale=scale, levels=levels)
+
+
+def roi_pool_levels(maps, rois, level, output_size, *, spatial_scales) -> jax.Array:
+  """`roi_pool` of each roi from its own map, at one map's cost.
+
+  maps: [N, H_l, W_l, C] for each level l; rois: [R, 5] (batch index, x1, y1, x2, y2) in
+  image coordinates; level: [R] int, the map of each roi; spatial_scales: one per map.
+  Equal, with its gradient, to roi_pool(maps[level[r]], rois[r:r+1], output_size,
+  spatial_scale=spatial_scales[level[r]]) for every r. The maps are stacked along the
+  height into one (each at its own row offset, padded to the widest): a roi's bins, cut in
+  its own map's pixels and shifted by its offset, never leave its map, so one sparse table
+  and one lookup per bin serve every level (pooling each roi from every map and keeping its
+  own is L times the work). Returns [R, oh, ow, C]. Rois are taken to lie inside their
+  maps, as a detector's clipped boxes do: the table covers bins up to roi_pool's default
+  max_bin_size of each map, and unlike roi_pool on concrete rois this is not checked.
+  """
+  fn = "roi_pool_levels"
+  maps = [jnp.asarray(m) for m in maps]
+  if not maps or len(spatial_scales) != len(maps):
+    raise ValueError(
+      f"{fn}: one spatial scale per map; received {len(maps)} maps and "
+      f"{len(spatial_scales)} scales."
+    )
+  oh, ow = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+  rois = lax.stop_gradient(jnp.asarray(rois))
+  n = maps[0].shape[0]
+  width = max(m.shape[2] for m in maps)
+  tall = jnp.concatenate(
+    [jnp.pad(m, ((0, 0), (0, 0), (0, width - m.shape[2]), (0, 0))) for m in maps], axis=1
+  )
+  index = jnp.clip(rois[:, 0].astype(jnp.int32), 0, n - 1)
+  bins, offset = [], 0
+  for m, scale in zip(maps, spatial_scales, strict=True):
+    h, w = m.shape[1:3]
+    box = rois[:, 1:] * jnp.asarray(scale, rois.dtype)
+    h0, h1 = _pool_axis(box[:, 1], box[:, 3], oh, h)
+    w0, w1 = _pool_axis(box[:, 0], box[:, 2], ow, w)
+    bins.append((h0 + offset, h1 + offset, w0, w1))
+    offset += h
+  level = jnp.clip(jnp.asarray(level, jnp.int32), 0, len(maps) - 1)
+  chosen = [jnp.stack([b[i] for b in bins])[level, jnp.arange(rois.shape[0])] for i in range(4)]
+  # The sparse table covers the longest bin of any map (each map's roi_pool default).
+  levels = tuple(
+    max(
+      max(1, math.ceil(math.log2(min(-(-(m.shape[axis] + 1) // out) + 1, m.shape[axis]))))
+      for m in maps
+    )
+    for axis, out in ((1, oh), (2, ow))
+  )
+  return _pool(tall, (index, *chosen), levels)
