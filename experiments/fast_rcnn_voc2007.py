@@ -29,11 +29,13 @@ CPU cores including the pretraining and the proposals.
 Ours (seed 0, one run on two idle cores, 2026-12-06): VOC07 mAP@0.5 0.871 (target 0.85),
 VOC area mAP 0.917, COCO AP 0.563, AP50 0.913, AP75 0.659, AR100 0.648: below Faster R-CNN
 :runlocal's 0.902 / 0.653 with the same backbone, head and steps, as the papers order them.
-Time: the detector's run 228 s (49 img/s in training), the proposals of the 4,000 + 500
-scenes 107 + 15 s with 2 processes, the pretraining 37 s: 6.5 minutes of the 10 allowed.
+Time: the detector's run 183 s (52 img/s in training; 228 s before RoI pooling took each
+RoI from its own level in one lookup, with the same numbers to the last digit), the
+proposals of the 4,000 + 500 scenes 107 + 15 s with 2 processes, the pretraining 37 s: 5.7
+minutes of the 10 allowed.
 Truncated SVD of the trained head (`fast_rcnn.with_svd`, fc6 rank 64, fc7 rank 32):
-mAP@0.5 0.875, COCO AP 0.537, network 49.4 against 53.5 ms per scene; at the papers' sizes
-(VGG-16, ranks 1024/256, random weights) 2.51 against 3.77 s per image
+mAP@0.5 0.875, COCO AP 0.537, network 14.7 against 17.6 ms per scene; at the papers' sizes
+(VGG-16, ranks 1024/256, random weights) 2.60 against 4.06 s per image
 (`python benchmarks/lineage.py --paper-scale 2000`, README).
 """
 
