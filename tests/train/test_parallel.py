@@ -29,8 +29,9 @@ def test_pmap_and_sharded_jit_equal_single_device_jit_on_8_devices():
   for key in ("pmap", "jit", "sample_pmap", "sample_jit", "detection_pmap", "detection_jit"):
     assert gaps[f"{key}_stepwise"] < 1e-5, gaps  # one step from the same state
   # Faster R-CNN: sharded jit runs the single-device program, partitioned, and from the
-  # loop's initialization (seed 0) stays equal over the 10 steps (from another one, the
-  # same network initialized in one jitted program, a choice flipped by step 10: 7e-4). pmap equals it step by step, but its per-device gradients are
+  # loop's initialization (seed 0) stays equal over its 5 steps (over 10 from another
+  # initialization, the same network initialized in one jitted program, a choice flipped
+  # by step 10: 7e-4). pmap equals it step by step, but its per-device gradients are
   # averaged in another order, and a rounding-level difference flips a top-k or NMS choice
   # after a few steps (a relative nudge of 1e-7 to one device's parameters gives the same
   # 5e-4 gap after 10 steps), so its whole trajectory is not held to 1e-5.
