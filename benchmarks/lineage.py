@@ -29,6 +29,9 @@ Seconds per image, the papers' split:
                `RoIHeads.postprocess_raw`), the detections on the host in the image's pixels.
 Medians over the images, after one warm-up image (compilation excluded).
 
+`--mask-rcnn DIR` adds a Mask R-CNN run as a box detector: its network stops at the box
+predictor like Faster R-CNN's, so the mask branch (run on the detections) is left out.
+
 Fast R-CNN with truncated SVD (Section 3.1) is the same trained detector with its box
 head's fc6 and fc7 factored at `--svd-ranks` (`research.detection.fast_rcnn.with_svd`).
 

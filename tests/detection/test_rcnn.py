@@ -162,3 +162,28 @@ def test_detect_regresses_clips_and_suppresses_per_class():
   np.testing.assert_allclose(moved["boxes"], [[1, 0, 11, 10]])
   none = rcnn.detect(proposals, scores, image_hw=(60, 60), score_thresh=5)
   assert none["boxes"].shape == (0, 4)
+
+
+def test_an_image_without_proposals_has_no_detections():
+  import jax  # pylint: disable=import-outside-toplevel
+
+  from research.models import resnet  # pylint: disable=import-outside-toplevel
+  from research.train.tasks import rcnn as rcnn_task  # pylint: disable=import-outside-toplevel
+
+  model = resnet.ResNet18(num_classes=3, num_filters=4)
+  variables = model.init(jax.random.PRNGKey(0), np.zeros((1, 16, 16, 3), np.float32))
+  features = rcnn_task.WindowFeatures(
+    model, variables, lambda b: {"image": b["image"].astype(np.float32)}, 16, (0,), batch=4
+  )
+  fc7, pool5 = features(np.zeros((20, 20, 3), np.uint8), np.zeros((0, 4)))
+  assert fc7.shape[0] == 0 and pool5.shape[0] == 0
+  d = fc7.shape[1]
+  classifiers = rcnn.Classifiers(
+    rcnn.SVMs(np.zeros((d, 2)), np.zeros(2)),
+    rcnn.BoxRegressor(np.zeros((2, pool5.shape[1], 4)), np.zeros((2, 4))),
+    1.0,
+    1.0,
+  )
+  record = {"image": np.zeros((20, 20, 3), np.uint8), "proposals": np.zeros((0, 4), np.float32)}
+  found, _, _ = rcnn_task.detect_image(features, classifiers, record)
+  assert found["boxes"].shape == (0, 4) and len(found["labels"]) == 0

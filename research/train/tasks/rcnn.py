@@ -58,7 +58,8 @@ class WindowFeatures:
 
   def __call__(self, image, boxes) -> tuple[np.ndarray, np.ndarray]:
     fc7, pool5 = [], []
-    for lo in range(0, len(boxes), self.batch):
+    # At least one (padded) batch: no boxes give [0, D] and [0, E] features.
+    for lo in range(0, max(len(boxes), 1), self.batch):
       crops = rcnn.warp(image, boxes[lo : lo + self.batch], self.size, fill=self.fill)
       crops = np.clip(np.round(crops), 0, 255).astype(np.uint8)
       n = len(crops)
