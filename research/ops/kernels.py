@@ -30,6 +30,7 @@ __all__ = [
   "sobel_y",
   "laplacian",
   "emboss",
+  "bilinear",
   "KERNELS",
 ]
 
@@ -92,6 +93,23 @@ def emboss() -> jax.Array:
   Sums to 1, so flat regions keep their value.
   """
   return jnp.array([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]], jnp.float32)
+
+
+def bilinear(factor: int) -> jax.Array:
+  """The bilinear upsampling kernel of an integer `factor`: [k, k], k = 2 factor - factor % 2
+  (FCN's initialization of its transposed convolutions, Long et al. 2015, Section 3.3).
+
+  A transposed convolution of stride `factor` with this kernel (padding factor // 2 for
+  even factors: torch's ConvTranspose2d(k, factor, padding=factor // 2)) is bilinear
+  interpolation with half-pixel centres away from the border. Not in `KERNELS`, which holds
+  filters for correlate2d.
+  """
+  if isinstance(factor, bool) or not isinstance(factor, int | np.integer) or factor < 1:
+    raise ValueError(f"bilinear: factor must be an int >= 1; received {factor!r}.")
+  size = 2 * factor - factor % 2
+  centre = factor - 1 if size % 2 == 1 else factor - 0.5
+  ramp = 1 - np.abs(np.arange(size) - centre) / factor
+  return jnp.asarray(np.outer(ramp, ramp), jnp.float32)
 
 
 KERNELS = {

@@ -133,3 +133,33 @@ def test_learned_conv_recovers_sobel():
   assert error < 1e-2, (error, np.asarray(learned))
   assert float(losses[-1]) < 1e-3 * float(losses[0])
   assert time.perf_counter() - start < 10.0
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_bilinear_transposed_convolution_is_bilinear_interpolation_inside(factor):
+  """FCN's upsampling: a stride-`factor` transposed convolution initialized with the bilinear
+  kernel equals jax.image.resize's bilinear (half-pixel centres) away from the border."""
+  k = kernels.bilinear(factor)
+  size = 2 * factor - factor % 2
+  assert k.shape == (size, size) and float(k.sum()) == pytest.approx(factor**2)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(1, 9, 11, 2)), jnp.float32)
+  pad = size - 1 - factor // 2  # torch's ConvTranspose2d(size, factor, padding=factor // 2)
+  kernel = jnp.zeros((size, size, 2, 2)).at[:, :, 0, 0].set(k).at[:, :, 1, 1].set(k)
+  up = jax.lax.conv_general_dilated(
+    x,
+    kernel,
+    (1, 1),
+    [(pad, pad)] * 2,
+    lhs_dilation=(factor, factor),
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+  )
+  assert up.shape == (1, 9 * factor, 11 * factor, 2)
+  want = jax.image.resize(x, up.shape, "bilinear")
+  inner = slice(factor, -factor)
+  np.testing.assert_allclose(up[:, inner, inner], want[:, inner, inner], atol=1e-5)
+
+
+def test_bilinear_rejects_a_bad_factor():
+  with pytest.raises(ValueError, match="factor must be an int >= 1; received 0"):
+    kernels.bilinear(0)
