@@ -42,7 +42,14 @@ cover 4 x 4 cells of P2), more steps.
 
 `:runlocal_roipool`: the same detector with RoI max pooling (quantized bins) for its box
 and mask features, the paper's Table 2c ablation (ResNet-50-C4 on COCO: RoIPool 26.9 mask
-AP, RoIAlign 30.2). Ours: not run yet.
+AP, RoIAlign 30.2: +3.3). Ours (seed 0, 1,600 steps, one run on two idle cores,
+2026-12-06): mask AP 0.094 (AP50 0.410) against RoI Align's 0.375 (AP50 0.877): RoI Align
+wins by 28 points (target: at least 2); box VOC07 mAP@0.5 0.896, COCO box AP 0.538 against
+0.910 / 0.692. 777 s of training and evaluation. The gap is far wider than the paper's
+because the digits are small: 16 to 64 pixels against the FPN's strides of 4 to 32, so
+rounding a box to the map's pixels moves its edges by a large share of the object, and
+the mask target (cropped by RoI Align at the exact box) no longer lines up with the
+features pooled from the rounded one.
 """
 
 from __future__ import annotations
