@@ -5,5 +5,6 @@ pooling), the RoI heads of Fast/Faster/Mask R-CNN (`roi_heads`: box head, predic
 postprocess, and the optional mask branch), Mask R-CNN's mask branch (`mask_head`: heads,
 predictor, targets, loss, pasting), Faster R-CNN (`faster_rcnn`: FasterRCNN_ResNet50_FPN
 with torchvision's layout, FasterRCNN_VGG16 the paper's) and Mask R-CNN (`mask_rcnn`:
-MaskRCNN_ResNet50_FPN with torchvision's layout). R-CNN, Fast R-CNN and YOLO follow from
-these parts."""
+MaskRCNN_ResNet50_FPN with torchvision's layout), R-CNN (`rcnn`: warped regions, SVMs, box
+regression) and Fast R-CNN (`fast_rcnn`: FastRCNN_VGG16 the paper's, truncated SVD). YOLO
+follows from these parts."""
