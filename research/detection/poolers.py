@@ -57,6 +57,13 @@ def _check_boxes(boxes, n: int, fn: str):
   return boxes.astype(jnp.promote_types(boxes.dtype, jnp.float32))
 
 
+def _rois(boxes):
+  """boxes [N, R, 4] -> rois [N * R, 5] (batch index, x1, y1, x2, y2), image by image."""
+  n, r = boxes.shape[:2]
+  image = jnp.repeat(jnp.arange(n, dtype=boxes.dtype), r)[:, None]
+  return jnp.concatenate([image, boxes.reshape(n * r, 4)], axis=1)
+
+
 def infer_scale(feature_hw: Sequence[int], image_hw: Sequence[int]) -> float:
   """torchvision's `_infer_scale`: 2**round(log2(H_l / H)), from the heights only."""
   ratio = np.float32(float(feature_hw[0]) / float(image_hw[0]))
@@ -168,9 +175,7 @@ def single_scale_roi_pool(
   n = feature.shape[0]
   boxes = _check_boxes(boxes, n, "single_scale_roi_pool")
   r = boxes.shape[1]
-  image = jnp.repeat(jnp.arange(n, dtype=boxes.dtype), r)[:, None]
-  rois = jnp.concatenate([image, boxes.reshape(n * r, 4)], axis=1)
-  out = roi_pool(feature, rois, output_size, spatial_scale=spatial_scale)
+  out = roi_pool(feature, _rois(boxes), output_size, spatial_scale=spatial_scale)
   return out.reshape(n, r, *out.shape[1:])
 
 
@@ -199,8 +204,6 @@ def multiscale_roi_pool(
   boxes = lax.stop_gradient(boxes)
   r = boxes.shape[1]
   level = roi_levels(boxes, k_min, k_max, canonical_scale, canonical_level)
-  image = jnp.repeat(jnp.arange(n, dtype=boxes.dtype), r)[:, None]
-  rois = jnp.concatenate([image, boxes.reshape(n * r, 4)], 1)
   # Each RoI from its own level in one lookup (research.ops.roi.roi_pool_levels).
-  out = roi_pool_levels(maps, rois, level.reshape(-1), output_size, spatial_scales=scales)
+  out = roi_pool_levels(maps, _rois(boxes), level.reshape(-1), output_size, spatial_scales=scales)
   return out.reshape(n, r, *out.shape[1:])

@@ -63,15 +63,22 @@ def test_multiscale_roi_align_matches_torchvision_with_gradient():
   cotangent = rng.normal(size=ref.shape).astype(np.float32)
   (ref * torch.tensor(cotangent)).sum().backward()
 
-  def f(feats):
-    return poolers.multiscale_roi_align(feats, boxes, hw, canonical_scale=56)
+  pooler = functools.partial(poolers.multiscale_roi_align, boxes=boxes, image_hw=hw)
+  _assert_pooled_like_torch(pooler, feats, t_feats, ref, cotangent, atol=1e-4, grad_atol=1e-4)
 
-  out, vjp = jax.vjp(f, {k: jnp.asarray(v) for k, v in feats.items()})
-  want = ref.detach().numpy().transpose(0, 2, 3, 1).reshape(n, r, 7, 7, 3)
-  np.testing.assert_allclose(out, want, atol=1e-4)
-  (grads,) = vjp(jnp.asarray(cotangent.transpose(0, 2, 3, 1).reshape(n, r, 7, 7, 3)))
+
+def _assert_pooled_like_torch(pooler, feats, t_feats, ref, cotangent, *, atol, grad_atol):
+  """pooler(features) [N, R, 7, 7, C] against torch's pooled `ref` [N * R, C, 7, 7], and its
+  vjp of `cotangent` against the gradients that `ref`'s backward left in `t_feats`."""
+  out, vjp = jax.vjp(
+    lambda f: pooler(f, canonical_scale=56), {k: jnp.asarray(v) for k, v in feats.items()}
+  )
+  shape = out.shape
+  want = ref.detach().numpy().transpose(0, 2, 3, 1).reshape(shape)
+  np.testing.assert_allclose(out, want, atol=atol)
+  (grads,) = vjp(jnp.asarray(cotangent.transpose(0, 2, 3, 1).reshape(shape)))
   for k, v in t_feats.items():
-    np.testing.assert_allclose(grads[k], v.grad.numpy().transpose(0, 2, 3, 1), atol=1e-4)
+    np.testing.assert_allclose(grads[k], v.grad.numpy().transpose(0, 2, 3, 1), atol=grad_atol)
 
 
 def test_single_scale_roi_pool_matches_torchvision():
@@ -106,15 +113,8 @@ def test_multiscale_roi_pool_is_torchvision_roi_pool_on_each_rois_level_with_gra
   cotangent = rng.normal(size=ref.shape).astype(np.float32)
   (ref * torch.tensor(cotangent)).sum().backward()
 
-  def f(feats):
-    return poolers.multiscale_roi_pool(feats, boxes, hw, canonical_scale=56)
-
-  out, vjp = jax.vjp(f, {k: jnp.asarray(v) for k, v in feats.items()})
-  want = ref.detach().numpy().transpose(0, 2, 3, 1).reshape(n, r, 7, 7, 3)
-  np.testing.assert_allclose(out, want, atol=1e-6)
-  (grads,) = vjp(jnp.asarray(cotangent.transpose(0, 2, 3, 1).reshape(n, r, 7, 7, 3)))
-  for k, v in t_feats.items():
-    np.testing.assert_allclose(grads[k], v.grad.numpy().transpose(0, 2, 3, 1), atol=1e-5)
+  pooler = functools.partial(poolers.multiscale_roi_pool, boxes=boxes, image_hw=hw)
+  _assert_pooled_like_torch(pooler, feats, t_feats, ref, cotangent, atol=1e-6, grad_atol=1e-5)
 
 
 def _convert(state_dict, prefix, module, shape):

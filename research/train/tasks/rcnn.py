@@ -75,9 +75,9 @@ class WindowFeatures:
 def detect_image(
   features: WindowFeatures, classifiers: rcnn.Classifiers, record: dict, score_thresh=-1.0
 ) -> tuple[dict, float, float]:
-  """R-CNN's detection of one record (its "image" and "proposals") -> (detections {"boxes",
-  "scores", "labels" 0-based}, seconds of warping and the network, seconds of the SVMs, box
-  regression and NMS)."""
+  """R-CNN's detection of one record ("image" uint8 [H, W, C], "proposals" [P, 4]) ->
+  (detections {"boxes" [D, 4], "scores" [D], "labels" [D] 0-based}, seconds of warping and
+  the network, seconds of the SVMs, box regression and NMS)."""
   proposals = np.asarray(record["proposals"])
   start = time.perf_counter()
   fc7, pool5 = features(record["image"], proposals)
@@ -100,8 +100,8 @@ def detect_image(
 def train_classifiers(
   features: WindowFeatures, train, count: int, k: int, *, svm_c: float = 1e-3
 ) -> rcnn.Classifiers:
-  """Sections 2.3 and Appendix C on the first `count` records of `train` (detection records
-  with proposals; k object classes): fc7 features of the ground truth (positives) and of the
+  """Sections 2.3 and Appendix C on the first `count` records of `train` (detection records:
+  "image", "boxes" [G, 4], "labels" [G] 0-based, "proposals" [P, 4]; k object classes): fc7 features of the ground truth (positives) and of the
   proposals under IoU 0.3 with every box of a class (its negatives) -> `rcnn.train_svms`;
   pool5 features of proposals over IoU 0.6 with a box -> that box's class's regressor.
   svm_c: the SVMs' C (the authors' 0.001 on features of mean norm 20)."""
