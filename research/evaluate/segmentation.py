@@ -14,8 +14,8 @@ nowhere. As in the authors' evaluation code (score.py), a class without pixels (
 has no accuracy and is left out of the mean accuracy; its IU is 0 when it is predicted
 somewhere and undefined (left out of the mean IU) when it is not.
 
-`confusion_matrix` runs under jit (a device-side sum per batch); `segmentation_metrics`
-takes the summed matrix on the host.
+`confusion_matrix` runs under jit (a device-side sum per batch) and `metrics_from_confusion`
+takes the summed matrix on the host; `segmentation_metrics` does both for label maps in hand.
 """
 
 from __future__ import annotations
@@ -26,11 +26,14 @@ import numpy as np
 IGNORE = 255  # PASCAL VOC's label for boundaries and difficult regions
 
 
-def confusion_matrix(labels, predictions, num_classes: int, *, ignore: int = IGNORE, mask=None):
+def confusion_matrix(
+  labels, predictions, num_classes: int, *, ignore_label: int = IGNORE, mask=None
+):
   """labels, predictions: int [...] of the same shape (class ids; labels may hold `ignore`);
   mask: optional bool [...] of pixels to count (padding False) -> int32 [C, C], rows the
   true class, columns the predicted one. A label outside [0, C) other than `ignore` is not
-  counted here: check the data (research.data) for those."""
+  counted here: check the data (research.data) for those. Labels equal to `ignore_label`
+  count nowhere."""
   labels = jnp.asarray(labels).astype(jnp.int32)
   predictions = jnp.asarray(predictions).astype(jnp.int32)
   if labels.shape != predictions.shape:
@@ -38,7 +41,7 @@ def confusion_matrix(labels, predictions, num_classes: int, *, ignore: int = IGN
       f"confusion_matrix: labels and predictions must have the same shape; received "
       f"{labels.shape} and {predictions.shape}."
     )
-  keep = (labels != ignore) & (labels >= 0) & (labels < num_classes)
+  keep = (labels != ignore_label) & (labels >= 0) & (labels < num_classes)
   keep &= (predictions >= 0) & (predictions < num_classes)
   if mask is not None:
     keep &= jnp.asarray(mask, bool)
@@ -51,15 +54,25 @@ def confusion_matrix(labels, predictions, num_classes: int, *, ignore: int = IGN
   return counts.reshape(num_classes, num_classes)
 
 
-def segmentation_metrics(confusion) -> dict[str, float]:
-  """A [C, C] confusion matrix (rows true, columns predicted) -> {"pixel_accuracy",
-  "mean_accuracy", "mean_iu", "frequency_weighted_iu"} (see the module docstring)."""
+def segmentation_metrics(
+  predictions, labels, num_classes: int, *, ignore_label: int = IGNORE
+) -> dict[str, float]:
+  """predictions, labels: int [N, H, W] (labels may hold `ignore_label`) -> {"pixel_accuracy",
+  "mean_accuracy", "mean_iu", "fw_iu"} over all the pixels together (module docstring)."""
+  return metrics_from_confusion(
+    confusion_matrix(labels, predictions, num_classes, ignore_label=ignore_label)
+  )
+
+
+def metrics_from_confusion(confusion) -> dict[str, float]:
+  """A [C, C] confusion matrix summed over a split (rows true, columns predicted) ->
+  {"pixel_accuracy", "mean_accuracy", "mean_iu", "fw_iu"} (see the module docstring)."""
   n = np.asarray(confusion, np.float64)
   if n.ndim != 2 or n.shape[0] != n.shape[1]:
-    raise ValueError(f"segmentation_metrics: expected a [C, C] matrix; received {n.shape}.")
+    raise ValueError(f"metrics_from_confusion: expected a [C, C] matrix; received {n.shape}.")
   total = n.sum()
   if total == 0:
-    raise ValueError("segmentation_metrics: the confusion matrix counts no pixels.")
+    raise ValueError("metrics_from_confusion: the confusion matrix counts no pixels.")
   diagonal, truth, predicted = np.diag(n), n.sum(1), n.sum(0)
   present, union = truth > 0, truth + predicted - diagonal
   met = union > 0  # present or predicted
@@ -68,6 +81,5 @@ def segmentation_metrics(confusion) -> dict[str, float]:
     "pixel_accuracy": float(diagonal.sum() / total),
     "mean_accuracy": float(np.mean(diagonal[present] / truth[present])),
     "mean_iu": float(np.mean(iu)),
-    "frequency_weighted_iu": float((truth[present] * diagonal[present] / union[present]).sum())
-    / float(total),
+    "fw_iu": float((truth[present] * diagonal[present] / union[present]).sum()) / float(total),
   }

@@ -30,7 +30,7 @@ __all__ = [
   "sobel_y",
   "laplacian",
   "emboss",
-  "bilinear",
+  "bilinear_upsampling",
   "KERNELS",
 ]
 
@@ -95,7 +95,7 @@ def emboss() -> jax.Array:
   return jnp.array([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]], jnp.float32)
 
 
-def bilinear(factor: int) -> jax.Array:
+def bilinear_upsampling(factor: int) -> jax.Array:
   """The bilinear upsampling kernel of an integer `factor`: [k, k], k = 2 factor - factor % 2
   (FCN's initialization of its transposed convolutions, Long et al. 2015, Section 3.3).
 
@@ -105,7 +105,7 @@ def bilinear(factor: int) -> jax.Array:
   filters for correlate2d.
   """
   if isinstance(factor, bool) or not isinstance(factor, int | np.integer) or factor < 1:
-    raise ValueError(f"bilinear: factor must be an int >= 1; received {factor!r}.")
+    raise ValueError(f"bilinear_upsampling: factor must be an int >= 1; received {factor!r}.")
   size = 2 * factor - factor % 2
   centre = factor - 1 if size % 2 == 1 else factor - 0.5
   ramp = 1 - np.abs(np.arange(size) - centre) / factor

@@ -23,7 +23,7 @@ def _direct(labels, predictions, num_classes, ignore=255):
     "pixel_accuracy": sum(n[i, i] for i in range(num_classes)) / t.sum(),
     "mean_accuracy": sum(n[i, i] / t[i] for i in classes) / len(classes),
     "mean_iu": sum(iu.values()) / len(met),
-    "frequency_weighted_iu": sum(t[i] * iu[i] for i in classes) / t.sum(),
+    "fw_iu": sum(t[i] * iu[i] for i in classes) / t.sum(),
   }
 
 
@@ -40,9 +40,11 @@ def test_four_metrics_equal_the_direct_computation_over_batches_with_ignored_pix
   )
   want_confusion, want = _direct(labels, predictions, c)
   np.testing.assert_array_equal(confusion, want_confusion)
-  got = segmentation.segmentation_metrics(confusion)
+  got = segmentation.metrics_from_confusion(confusion)
   for key, value in want.items():
     assert got[key] == pytest.approx(value, rel=1e-12), key
+  # The same numbers from the label maps in one call.
+  assert segmentation.segmentation_metrics(predictions, labels, c) == pytest.approx(got, rel=1e-12)
   assert confusion[5].sum() == 0 and confusion[:, 5].sum() > 0
 
 
@@ -51,10 +53,10 @@ def test_padding_mask_and_bad_input():
   mask = np.array([[True, True], [False, True]])
   confusion = np.asarray(segmentation.confusion_matrix(labels, labels, 2, mask=mask))
   np.testing.assert_array_equal(confusion, [[1, 0], [0, 1]])
-  assert segmentation.segmentation_metrics(confusion)["mean_iu"] == 1.0
+  assert segmentation.metrics_from_confusion(confusion)["mean_iu"] == 1.0
   with pytest.raises(ValueError, match="same shape"):
     segmentation.confusion_matrix(labels, labels[0], 2)
   with pytest.raises(ValueError, match="counts no pixels"):
-    segmentation.segmentation_metrics(np.zeros((2, 2)))
+    segmentation.metrics_from_confusion(np.zeros((2, 2)))
   with pytest.raises(ValueError, match=r"\[C, C\] matrix"):
-    segmentation.segmentation_metrics(np.zeros((2, 3)))
+    segmentation.metrics_from_confusion(np.zeros((2, 3)))

@@ -139,7 +139,7 @@ def test_learned_conv_recovers_sobel():
 def test_bilinear_transposed_convolution_is_bilinear_interpolation_inside(factor):
   """FCN's upsampling: a stride-`factor` transposed convolution initialized with the bilinear
   kernel equals jax.image.resize's bilinear (half-pixel centres) away from the border."""
-  k = kernels.bilinear(factor)
+  k = kernels.bilinear_upsampling(factor)
   size = 2 * factor - factor % 2
   assert k.shape == (size, size) and float(k.sum()) == pytest.approx(factor**2)
   rng = np.random.default_rng(0)
@@ -162,4 +162,4 @@ def test_bilinear_transposed_convolution_is_bilinear_interpolation_inside(factor
 
 def test_bilinear_rejects_a_bad_factor():
   with pytest.raises(ValueError, match="factor must be an int >= 1; received 0"):
-    kernels.bilinear(0)
+    kernels.bilinear_upsampling(0)
