@@ -39,7 +39,7 @@ import math
 
 import numpy as np
 
-from research.data import crops, datasets, transforms
+from research.data import augment, crops, datasets, transforms
 
 log = logging.getLogger(__name__)
 
@@ -487,16 +487,32 @@ class DetectionTransform:
 
 @dataclasses.dataclass(frozen=True)
 class RandomDetectionTransform(DetectionTransform):
-  """`DetectionTransform` after a left-right flip of the record with `flip_probability`.
+  """`DetectionTransform` after a left-right flip of the record with `flip_probability`
+  and, where set, YOLO's augmentation (research.data.augment): scaling by up to
+  `scale_jitter` and translation by up to `translate` of the image's size, exposure and
+  saturation by up to the factors `exposure` and `saturation` (1: none).
 
   Called as `transform(record, rng)` with a numpy Generator, the way the
   pipeline's `record_transform` seeds one per record.
   """
 
   flip_probability: float = 0.5
+  scale_jitter: float = 0.0
+  translate: float = 0.0
+  exposure: float = 1.0
+  saturation: float = 1.0
 
   def __call__(self, record: dict, rng: np.random.Generator) -> dict:
     record = self._check(record)
     if rng.random() < self.flip_probability:
       record = hflip(record)
+    if self.scale_jitter or self.translate:
+      record = augment.scale_translate(
+        record, rng, scale=self.scale_jitter, translate=self.translate
+      )
+    if self.exposure != 1 or self.saturation != 1:
+      image = augment.hsv_jitter(
+        record["image"], rng, exposure=self.exposure, saturation=self.saturation
+      )
+      record = {**record, "image": image}
     return self._transform(record)

@@ -14,7 +14,7 @@ import flax.linen as nn
 # Modules of this package that hold no classifier: helpers, layers, and the necks.
 _NOT_FAMILIES = ("fpn", "inputs", "layers", "norms", "summary")
 # Modules of research.detection that hold detectors (the others hold their parts).
-DETECTORS = ("fast_rcnn", "faster_rcnn", "mask_rcnn")
+DETECTORS = ("fast_rcnn", "faster_rcnn", "mask_rcnn", "yolo")
 
 
 def families() -> list[str]:

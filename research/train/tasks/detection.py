@@ -62,7 +62,8 @@ class _Records:
 
 def input_fns(config: ConfigDict, num_classes: int) -> Inputs:
   """The per-record transforms `config.input` describes (size, max_boxes, min_size,
-  max_size, value_range, mean, std, channels, flip_probability, masks)."""
+  max_size, value_range, mean, std, channels, flip_probability, masks; YOLO's
+  scale_jitter, translate, exposure and saturation)."""
   known = sorted((*data.ADAPTERS, COCO_FORMAT))
   if config.dataset not in known:
     raise ValueError(
@@ -84,7 +85,14 @@ def input_fns(config: ConfigDict, num_classes: int) -> Inputs:
   if config.get("proposals"):
     kwargs["max_proposals"] = config.proposals.get("max_proposals", 2000)
   masks = bool(c.get("masks", False))
-  train = data.RandomDetectionTransform(**kwargs, flip_probability=c.get("flip_probability", 0.5))
+  train = data.RandomDetectionTransform(
+    **kwargs,
+    flip_probability=c.get("flip_probability", 0.5),
+    scale_jitter=c.get("scale_jitter", 0.0),
+    translate=c.get("translate", 0.0),
+    exposure=c.get("exposure", 1.0),
+    saturation=c.get("saturation", 1.0),
+  )
   return Inputs(
     transform=_identity,
     train_record=_Records(train, masks),
