@@ -35,6 +35,9 @@ probabilities first). Padded model outputs pass as they are: rows are used where
 "valid" [N] bool is True and below "num" / "num_objects" / "num_detections" (an int)
 when given; other rows are not read or checked. Bad input raises ValueError naming the
 argument, what was expected and what was received; so do zero images.
+
+The YOLO paper's error analysis (Hoiem et al.'s correct / localization / similar / other /
+background categories) is `error_analysis` and `plot_error_pies`, in `detection_errors`.
 """
 
 from __future__ import annotations
@@ -45,9 +48,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from research.evaluate.detection_errors import error_analysis, plot_error_pies
 from research.ops.boxes import check_boxes, iou_numpy
 
 __all__ = ["COCO_KEYS", "unbatch", "voc_ap", "evaluate_voc", "evaluate_coco", "evaluate"]
+__all__ += ["error_analysis", "plot_error_pies"]  # re-exported from detection_errors
 
 # COCOeval.stats in its order.
 COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
