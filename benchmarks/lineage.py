@@ -166,20 +166,30 @@ def measure_rcnn(run: Run, images: int) -> dict:
     post.append(seconds_post)
   return {
     **_accuracy(detections, truths, run.num_classes - 1),
+    "_found": (detections, truths, run.num_classes - 1),
     "network_s": statistics.median(network),
     "postprocess_s": statistics.median(post),
   }
 
 
+def _split(model, num_classes: int):
+  """(the model returning raw outputs, their postprocess, the label offset): Fast and Faster
+  R-CNN stop at the box predictor (the RoI heads' raw_outputs; class 0 is the background
+  inside), YOLO at its S x S x (B * 5 + C) predictions."""
+  if hasattr(model, "roi_heads"):
+    raw_model = model.clone(roi_heads=functools.partial(model.roi_heads, raw_outputs=True))
+    return raw_model, model.roi_heads(num_classes=num_classes + 1).postprocess_raw, 1
+  return model.clone(raw_outputs=True), model.postprocess_raw, 0
+
+
 def measure_flax(run: Run, images: int, model=None, variables=None) -> dict:
   """A detector of the detection task, one image at a time (see the module docstring): the
-  network is the model with its RoI heads' `raw_outputs` (up to the box predictor), the
-  postprocess the heads' own `postprocess_raw` (softmax, decoding, NMS), jitted apart."""
+  network is the model up to its raw outputs (`_split`), the postprocess its own decoding
+  and NMS, jitted apart."""
   model, variables = model or run.model, variables or run.variables
-  raw_model = model.clone(roi_heads=functools.partial(model.roi_heads, raw_outputs=True))
-  heads = model.roi_heads(num_classes=run.num_classes + 1)  # unbound: its settings
+  raw_model, postprocess, offset = _split(model, run.num_classes)
   network_fn = jax.jit(lambda v, x, kw: raw_model.apply(v, x, train=False, **kw)[0])
-  postprocess_fn = jax.jit(heads.postprocess_raw)
+  postprocess_fn = jax.jit(postprocess)
   record_fn = run.inputs.eval_record or (lambda r: r)
 
   def batch_of(record):
@@ -194,7 +204,7 @@ def measure_flax(run: Run, images: int, model=None, variables=None) -> dict:
     return {
       "boxes": np.asarray(det["boxes"][0])[keep] * scale,
       "scores": np.asarray(det["scores"][0])[keep],
-      "labels": np.asarray(det["labels"][0])[keep] - 1,  # 0 is the background inside
+      "labels": np.asarray(det["labels"][0])[keep] - offset,
     }
 
   warm = batch_of(run.test[0])
@@ -213,6 +223,7 @@ def measure_flax(run: Run, images: int, model=None, variables=None) -> dict:
     truths.append(_truth(record))
   return {
     **_accuracy(detections, truths, run.num_classes),
+    "_found": (detections, truths, run.num_classes),
     "network_s": statistics.median(network),
     "postprocess_s": statistics.median(post),
   }
@@ -234,7 +245,8 @@ def paper_scale(windows: int = 2000, sample: int = 16, repeat: int = 3) -> list[
   warping and the network timed on `sample` windows, times windows / sample) against Fast
   R-CNN's VGG-16 (`FastRCNN_VGG16`: conv5_3 once, RoI max pooling 7 x 7, fc6 and fc7) on the
   image with the same `windows` proposals, without and with truncated SVD at the paper's
-  ranks (fc6 1024, fc7 256). Random proposals inside the image, sides 20 to 400 pixels."""
+  ranks (fc6 1024, fc7 256). Random proposals inside the image, sides 20 to 400 pixels.
+  YOLO and Fast YOLO: their networks on the image resized to 448 x 448."""
   from research.detection import fast_rcnn, rcnn  # pylint: disable=import-outside-toplevel
   from research.models import vgg  # pylint: disable=import-outside-toplevel
 
@@ -275,6 +287,16 @@ def paper_scale(windows: int = 2000, sample: int = 16, repeat: int = 3) -> list[
     fn = jax.jit(lambda v, x, b, ok, raw=raw: raw.apply(v, x, b, ok)[0]["class_logits"])
     seconds = _median_seconds(lambda fn=fn, p=p: fn({"params": p}, x, proposals, valid), repeat)
     rows.append({"detector": f"{name}, 600 x 1000, {windows} RoIs", "network_s": seconds})
+
+  from research.detection import yolo  # pylint: disable=import-outside-toplevel
+
+  x448 = jax.image.resize(x, (1, 448, 448, 3), "bilinear")
+  for name, cls in (("YOLO, 24 conv layers", yolo.YOLOv1), ("Fast YOLO, 9", yolo.FastYOLOv1)):
+    m = cls(num_classes=20, raw_outputs=True)
+    v = jax.jit(m.init)(key, x448)
+    fn = jax.jit(lambda v, x, m=m: m.apply(v, x)[0]["predictions"])
+    seconds = _median_seconds(lambda fn=fn, v=v: fn(v, x448), repeat)
+    rows.append({"detector": f"{name}, 448 x 448 -> 7 x 7 x 30", "network_s": seconds})
   for row in rows:
     row["rcnn_over_this"] = rows[0]["network_s"] / row["network_s"]
   return rows
@@ -304,12 +326,41 @@ def plot(rows: list[dict], path: str) -> str:
   return path
 
 
+def errors(rows: list[dict], found: dict, path: str) -> str:
+  """The YOLO paper's Section 4.1 analysis of each detector's detections (row["errors"]:
+  the five fractions), drawn as pies in `path`."""
+  from research.evaluate import detection  # pylint: disable=import-outside-toplevel
+  from research.evaluate.detection_errors import CATEGORIES  # pylint: disable=import-outside-toplevel
+
+  analyses = {}
+  for row in rows:
+    detections, truths, num_classes = found[row["detector"]]
+    analysis = detection.error_analysis(detections, truths, num_classes)
+    analyses[row["detector"]] = analysis
+    row["errors"] = {k: analysis[k] for k in CATEGORIES}
+    print(
+      f"{row['detector']:28s} errors: "
+      + "  ".join(f"{k} {100 * v:.1f}%" for k, v in row["errors"].items()),
+      flush=True,
+    )
+  title = "Errors of each detector's top detections (Hoiem et al.; YOLO paper, Fig. 4)"
+  print("error pies:", detection.plot_error_pies(analyses, path, title=title))
+  return path
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--rcnn", default="workdirs/rcnn_scenes")
   parser.add_argument("--fast-rcnn", default="workdirs/fast_rcnn_scenes")
   parser.add_argument("--faster-rcnn", default="workdirs/faster_rcnn_scenes")
   parser.add_argument("--mask-rcnn", default="")
+  parser.add_argument("--yolo", default="workdirs/yolo_scenes")
+  parser.add_argument("--fast-yolo", default="")
+  parser.add_argument(
+    "--errors",
+    default="lineage_errors.png",
+    help="the YOLO paper's error analysis of every detector, as pies in this PNG; empty: none",
+  )
   parser.add_argument("--images", type=int, default=500)
   parser.add_argument("--proposal-images", type=int, default=100)
   parser.add_argument("--svd-ranks", default="64,32", help="fc6,fc7 ranks; empty: no SVD row")
@@ -328,7 +379,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
       f"--images and --proposal-images: expected >= 1; got {args.images}, {args.proposal_images}."
     )
   print(f"# {jax.devices()[0].device_kind}, {os.cpu_count()} cores, jax {jax.__version__}")
-  rows, proposal_seconds = [], {}
+  rows, proposal_seconds, found = [], {}, {}
 
   def proposals_of(run: Run) -> float:
     key = json.dumps(run.config.proposals.to_dict(), sort_keys=True)
@@ -337,6 +388,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return proposal_seconds[key]
 
   def add(name: str, run: Run, numbers: dict, proposals_s: float | None) -> None:
+    found[name] = numbers.pop("_found")
     row = {
       "detector": name,
       "workdir": run.workdir,
@@ -345,12 +397,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
       "proposals_s": proposals_s,
       "total_s": (proposals_s or 0.0) + numbers["network_s"] + numbers["postprocess_s"],
     }
+    row["images_per_s"] = 1.0 / row["total_s"]
     rows.append(row)
     shown = "-" if proposals_s is None else f"{proposals_s:.3f}"
     print(
       f"{name:28s} mAP@0.5 {row['map50']:.3f}  COCO AP {row['coco_ap']:.3f}  s/image: proposals "
       f"{shown}  network {row['network_s']:.4f}  postprocess {row['postprocess_s']:.4f}  "
-      f"total {row['total_s']:.3f}",
+      f"total {row['total_s']:.3f} ({row['images_per_s']:.1f} images/s)",
       flush=True,
     )
 
@@ -359,6 +412,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ("Fast R-CNN", args.fast_rcnn),
     ("Faster R-CNN", args.faster_rcnn),
     ("Mask R-CNN", args.mask_rcnn),
+    ("YOLO", args.yolo),
+    ("Fast YOLO", args.fast_yolo),
   ):
     if not workdir:
       continue
@@ -381,6 +436,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         add(f"Fast R-CNN, SVD {ranks[0]}/{ranks[1]}", run, numbers, proposals_of(run))
     else:
       add(name, run, measure_flax(run, images), None)
+  if args.errors and found:
+    errors(rows, found, args.errors)
   paper = paper_scale(args.paper_scale) if args.paper_scale > 0 else []
   for row in paper:
     print(

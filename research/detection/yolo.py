@@ -235,7 +235,24 @@ class YOLO(nn.Module):
 
   body: the classifier's convolutions (darknet.Darknet's cfg, loadable from a Darknet run
   under "body"); head: the convolutions after it; hidden: fc1's width (4096).
+  per_cell: fc1 and fc2 applied to each cell's features alone (1x1 convolutions, YOLO v2's
+  step) instead of to the whole flattened map: an ablation, not the paper's network.
+  raw_outputs: evaluation returns {"predictions", "image_hw", "canvas_hw"} instead, for
+  `postprocess_raw` (to time the network apart from decoding and NMS).
   """
+
+  def postprocess_raw(self, raw: dict) -> dict:
+    """`decode` with this detector's settings on what evaluation returns with raw_outputs.
+    Needs no parameters: callable on an unbound YOLO."""
+    return decode(
+      raw["predictions"],
+      raw["image_hw"],
+      tuple(raw["canvas_hw"]),
+      boxes_per_cell=self.boxes_per_cell,
+      score_thresh=self.score_thresh,
+      nms_thresh=self.nms_thresh,
+      top=self.detections_per_img,
+    )
 
   num_classes: int = 20
   grid: int = 7
@@ -250,6 +267,8 @@ class YOLO(nn.Module):
   score_thresh: float = 0.005
   nms_thresh: float = 0.5
   detections_per_img: int = 100
+  per_cell: bool = False
+  raw_outputs: bool = False
   dtype: Any = jnp.float32
   conv: ModuleDef = Conv
 
@@ -285,13 +304,19 @@ class YOLO(nn.Module):
       name="head",
     )(x)
     out |= head_out
-    x = out["fc1"] = darknet.leaky_relu(
-      nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(flatten_chw(x))
-    )
-    x = nn.Dropout(self.dropout_rate, deterministic=not train, name="dropout")(x)
     depth = self.boxes_per_cell * 5 + self.num_classes
-    x = nn.Dense(self.grid * self.grid * depth, dtype=self.dtype, name="fc2")(x)
-    predictions = out["predictions"] = x.reshape(n, self.grid, self.grid, depth)
+    if self.per_cell:  # the same two layers on every cell's features: 1x1 convolutions
+      x = out["fc1"] = darknet.leaky_relu(nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(x))
+      x = nn.Dropout(self.dropout_rate, deterministic=not train, name="dropout")(x)
+      predictions = nn.Dense(depth, dtype=self.dtype, name="fc2")(x)
+    else:
+      x = out["fc1"] = darknet.leaky_relu(
+        nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(flatten_chw(x))
+      )
+      x = nn.Dropout(self.dropout_rate, deterministic=not train, name="dropout")(x)
+      x = nn.Dense(self.grid * self.grid * depth, dtype=self.dtype, name="fc2")(x)
+      predictions = x.reshape(n, self.grid, self.grid, depth)
+    out["predictions"] = predictions
     return predictions, out
 
   @nn.compact
@@ -328,26 +353,18 @@ class YOLO(nn.Module):
       return losses, out
     if image_size is None:
       image_size = jnp.broadcast_to(jnp.asarray([h, w], jnp.float32), (n, 2))
-    detections = decode(
-      predictions,
-      image_size,
-      (h, w),
-      boxes_per_cell=self.boxes_per_cell,
-      score_thresh=self.score_thresh,
-      nms_thresh=self.nms_thresh,
-      top=self.detections_per_img,
-    )
-    return detections, out
+    raw = {"predictions": predictions, "image_hw": image_size, "canvas_hw": (h, w)}
+    if self.raw_outputs:
+      return raw, out
+    return self.postprocess_raw(raw), out
 
 
 # The paper's: 448 x 448 inputs, S = 7, B = 2, C = 20 (VOC).
 YOLOv1 = functools.partial(YOLO, grid=7, body=darknet.YOLO_BODY, head=darknet.YOLO_HEAD)
 FastYOLOv1 = functools.partial(YOLO, grid=7, body=darknet.FAST_BODY, head=darknet.FAST_HEAD)
 
-# digit_scenes/multi (the :runlocal experiment): 128 x 128 canvases, digits of 20..40
-# pixels. The paper's 64-pixel stride would leave a 2 x 2 grid, so the network is Fast
-# YOLO's pattern scaled to 128 pixels and stride 16 (S = 8, cells of 16 pixels, about half
-# a digit): 9 convolutions, three pools and one stride-2 convolution, fc1 of 1024.
-SCENES_BODY = ((16, 3), "M", (32, 3), "M", (64, 3), (32, 1), (64, 3), "M", (128, 3))
-SCENES_HEAD = ((256, 3, 2), (256, 3), (64, 1))
-YOLOv1_Scenes = functools.partial(YOLO, grid=8, body=SCENES_BODY, head=SCENES_HEAD, hidden=1024)
+# digit_scenes/multi (the :runlocal experiment): 128 x 128 canvases, S = 8 (research.models.
+# darknet's SCENES_BODY and SCENES_HEAD, stride 16), fc1 of 1024.
+YOLOv1_Scenes = functools.partial(
+  YOLO, grid=8, body=darknet.SCENES_BODY, head=darknet.SCENES_HEAD, hidden=1024
+)

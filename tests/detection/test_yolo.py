@@ -158,7 +158,7 @@ def test_an_empty_image_trains_and_gradients_are_finite():
     )
     return sum(losses.values()), losses
 
-  (total, losses), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
+  (total, losses), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
   assert np.isfinite(float(total))
   assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
   assert float(losses["loss_class"]) > 0 or float(losses["loss_xy"]) > 0  # image 1's object
@@ -223,3 +223,23 @@ def test_darknet_parameter_counts_follow_the_layer_table():
     features.init_with_output, jax.random.key(0), jnp.zeros((1, 448, 448, 3))
   )
   assert out["conv20"].shape == (1, 14, 14, 1024)  # the paper's 14 x 14 x 1024 at 448
+
+
+def test_raw_outputs_and_postprocess_give_the_same_detections():
+  """The split the lineage benchmark times (network, then decoding and NMS) changes nothing;
+  per_cell applies the two layers to each cell with the same output shape."""
+  model = yolo.YOLOv1_Scenes(num_classes=10, hidden=16, score_thresh=-1.0)
+  images = jax.random.normal(jax.random.key(0), (2, 128, 128, 3))
+  variables = model.init({"params": jax.random.key(1)}, images)
+  size = jnp.array([[128.0, 128.0], [100.0, 90.0]])
+  whole, _ = jax.jit(lambda v, x: model.apply(v, x, image_size=size))(variables, images)
+  raw, _ = model.clone(raw_outputs=True).apply(variables, images, image_size=size)
+  split = model.postprocess_raw(raw)
+  for key in whole:
+    np.testing.assert_allclose(np.asarray(split[key]), np.asarray(whole[key]), atol=1e-5)
+  assert bool(whole["valid"].any()) and float(whole["boxes"][1][..., 2].max()) <= 90.0
+  per_cell = yolo.YOLOv1_Scenes(num_classes=10, hidden=16, per_cell=True)
+  shapes = jax.eval_shape(per_cell.init, jax.random.key(0), images)
+  assert shapes["params"]["fc2"]["kernel"].shape == (16, 20)
+  (_, out), _ = jax.eval_shape(per_cell.init_with_output, jax.random.key(0), images)
+  assert out["predictions"].shape == (2, 8, 8, 20)
