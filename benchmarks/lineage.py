@@ -1,14 +1,18 @@
-"""The detection lineage on one machine: R-CNN -> Fast R-CNN -> Faster R-CNN, each trained by
-its `:runlocal`, on the same test scenes: accuracy and seconds per image.
+"""The detection lineage on one machine: R-CNN -> Fast R-CNN -> Faster R-CNN, and YOLO, each
+trained by its `:runlocal`, on the same test scenes: accuracy, seconds per image, errors.
 
     python benchmarks/lineage.py [--rcnn workdirs/rcnn_scenes]
         [--fast-rcnn workdirs/fast_rcnn_scenes] [--faster-rcnn workdirs/faster_rcnn_scenes]
-        [--mask-rcnn DIR] [--images 500] [--proposal-images 100] [--svd-ranks 64,32]
+        [--mask-rcnn DIR] [--yolo workdirs/yolo_scenes]
+        [--yolo-per-cell workdirs/yolo_scenes_per_cell]
+        [--images 500] [--proposal-images 100] [--svd-ranks 64,32]
         [--paper-scale 2000] [--json out.json] [--plot lineage.png]
+        [--errors lineage_errors.png]
 
 Each workdir is a finished run of its experiment (README: `rcnn_voc2007.py:runlocal`,
-`fast_rcnn_voc2007.py:runlocal`, `faster_rcnn_voc2007.py:runlocal`; a missing one is
-skipped with a line saying so). Every detector sees the first `--images` scenes of its data
+`fast_rcnn_voc2007.py:runlocal`, `faster_rcnn_voc2007.py:runlocal`,
+`yolo_v1_voc2007.py:runlocal` and `:runlocal_per_cell`; a missing one is skipped with a
+line saying so). Every detector sees the first `--images` scenes of its data
 set's test split (digit_scenes/multi: all 500), one image at a time, as a user's image
 would come; accuracy is VOC07 mAP@0.5 and COCO AP (`research.evaluate.detection`, the
 numbers the runs' evaluators report).
@@ -24,9 +28,12 @@ Seconds per image, the papers' split:
                to the box predictor's outputs (the conv layers once, for Faster R-CNN the
                RPN with its NMS, RoI pooling, the fc layers: the RoI heads' raw_outputs),
                waited for (`block_until_ready`).
+               YOLO: its network to the S x S x (B * 5 + C) predictions.
   postprocess  R-CNN: the SVMs, the box regressors and per-class NMS on the host; Fast and
                Faster R-CNN: the heads' softmax, box decoding and per-class NMS (jitted
-               `RoIHeads.postprocess_raw`), the detections on the host in the image's pixels.
+               `RoIHeads.postprocess_raw`), the detections on the host in the image's pixels;
+               YOLO: class-specific confidences, decoding and per-class NMS
+               (`YOLO.postprocess_raw`).
 Medians over the images, after one warm-up image (compilation excluded).
 
 `--mask-rcnn DIR` adds a Mask R-CNN run as a box detector: its network stops at the box
@@ -36,7 +43,12 @@ Fast R-CNN with truncated SVD (Section 3.1) is the same trained detector with it
 head's fc6 and fc7 factored at `--svd-ranks` (`research.detection.fast_rcnn.with_svd`).
 
 The plot puts mAP@0.5 against total milliseconds per image (log scale). `--json` writes
-{"digit_scenes": rows, "paper_scale": rows}.
+{"digit_scenes": rows, "paper_scale": rows}; each row has images_per_s (1 / total).
+
+`--errors PNG`: the YOLO paper's Section 4.1 analysis (Hoiem et al.: correct, localization,
+similar, other, background among each class's top detections;
+`research.evaluate.detection.error_analysis`) of every detector on the same scenes, as
+pies in the PNG and as row["errors"] in the json. No digit counts as "similar" to another.
 
 `--paper-scale N` adds the networks' seconds per image at the papers' sizes, random weights
 (`paper_scale`): on the scenes, R-CNN's windows are 32 x 32 on a 128 x 128 image and
@@ -355,7 +367,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
   parser.add_argument("--faster-rcnn", default="workdirs/faster_rcnn_scenes")
   parser.add_argument("--mask-rcnn", default="")
   parser.add_argument("--yolo", default="workdirs/yolo_scenes")
-  parser.add_argument("--fast-yolo", default="")
+  parser.add_argument("--yolo-per-cell", default="workdirs/yolo_scenes_per_cell")
   parser.add_argument(
     "--errors",
     default="lineage_errors.png",
@@ -413,7 +425,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ("Faster R-CNN", args.faster_rcnn),
     ("Mask R-CNN", args.mask_rcnn),
     ("YOLO", args.yolo),
-    ("Fast YOLO", args.fast_yolo),
+    ("YOLO, per-cell fc", args.yolo_per_cell),
   ):
     if not workdir:
       continue

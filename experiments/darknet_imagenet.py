@@ -5,16 +5,18 @@ detector's body pretrained on mnist5k digits.
 Commands:
     python -m research.main --config=experiments/darknet_imagenet.py --workdir=DIR
     python -m research.main --config=experiments/darknet_imagenet.py:runlocal \\
-        --workdir=workdirs/darknet_mnist5k
+        --workdir=workdirs/darknet_scenes
 
 Paper: "approximately a week" of training, 88% single-crop top-5 accuracy on the ImageNet
 2012 validation set, at 224 x 224 (the detector then doubles the resolution to 448). The
 paper gives no other hyperparameters: 90 epochs of SGD momentum 0.9 at 0.1, divided by 10
 every 30 epochs, weight decay 5e-4, random-resized crops and flips here.
 Ours, full recipe: not run here (no ImageNet on this machine).
-Ours, `:runlocal` (darknet.DarknetScenes, the 5 convolutions of yolo.YOLOv1_Scenes'
-body, on mnist5k digits as 3-channel 32 x 32 images: a digit the size of the scenes'
-digits): to be measured.
+Ours, `:runlocal` (darknet.DarknetScenes, the 6 convolutions of yolo.YOLOv1_Scenes' body,
+on digit_scenes/single: one digit in clutter, 64 x 64, as 3 channels; 600 steps of batch
+64, Adam): 89.8% test accuracy in 81 s on two idle cores (2026-12-07). Pretrained on clean
+mnist5k digits instead (300 steps), the same body reached 91.4% on mnist5k but classified
+57% of the scenes' digits cropped from the clutter.
 """
 
 from __future__ import annotations

@@ -58,6 +58,11 @@ from research.models.layers import Conv
 from research.ops import boxes as box_ops
 
 ModuleDef = Any
+# The paper gives no initialization. The last layer starts near zero, as torchvision's
+# detection heads do (normal, std 0.01): the loss then starts where every output is 0
+# instead of at large random regressions whose first gradients would wreck a pretrained
+# body.
+_fc2_init = nn.initializers.normal(0.01)
 
 
 def check_predictions(predictions, grid: int, boxes_per_cell: int, num_classes: int, fn: str):
@@ -91,8 +96,9 @@ def to_corners(cell_boxes, grid: int):
   return jnp.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=-1)
 
 
-def _iou_one(pred, truth):
-  """pred [B, 4], truth [4] (x1, y1, x2, y2) -> [B]; 0 where a box has no area."""
+def predictor_ious(pred, truth):
+  """IoU of each of a cell's predicted boxes with one object: pred [B, 4], truth [4] (x1, y1,
+  x2, y2) -> [B]; 0 where a box has no area."""
   lt = jnp.maximum(pred[:, :2], truth[:2])
   rb = jnp.minimum(pred[:, 2:], truth[2:])
   inter = jnp.prod(jnp.clip(rb - lt, 0), axis=-1)
@@ -117,7 +123,7 @@ def assign(pred_corners, boxes, valid, grid: int):
   order = jnp.lexsort((jnp.arange(len(area)), -area))  # largest first, then by index
 
   def serve(taken, g):
-    ious = _iou_one(pred_corners[row[g], col[g]], boxes[g])
+    ious = predictor_ious(pred_corners[row[g], col[g]], boxes[g])
     free = ~taken[row[g], col[g]]
     j = jnp.argmax(jnp.where(free, ious, -1.0)).astype(jnp.int32)
     ok = valid[g] & free.any()
@@ -308,13 +314,15 @@ class YOLO(nn.Module):
     if self.per_cell:  # the same two layers on every cell's features: 1x1 convolutions
       x = out["fc1"] = darknet.leaky_relu(nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(x))
       x = nn.Dropout(self.dropout_rate, deterministic=not train, name="dropout")(x)
-      predictions = nn.Dense(depth, dtype=self.dtype, name="fc2")(x)
+      predictions = nn.Dense(depth, kernel_init=_fc2_init, dtype=self.dtype, name="fc2")(x)
     else:
       x = out["fc1"] = darknet.leaky_relu(
         nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(flatten_chw(x))
       )
       x = nn.Dropout(self.dropout_rate, deterministic=not train, name="dropout")(x)
-      x = nn.Dense(self.grid * self.grid * depth, dtype=self.dtype, name="fc2")(x)
+      x = nn.Dense(
+        self.grid * self.grid * depth, kernel_init=_fc2_init, dtype=self.dtype, name="fc2"
+      )(x)
       predictions = x.reshape(n, self.grid, self.grid, depth)
     out["predictions"] = predictions
     return predictions, out

@@ -64,6 +64,12 @@ FAST_BODY = (
   (1024, 3),
 )
 FAST_HEAD = ((1024, 3), (256, 3))
+# digit_scenes/multi (128 x 128, digits of 20..40 pixels): the paper's 64-pixel stride would
+# leave a 2 x 2 grid, so Fast YOLO's pattern is scaled to stride 16 (S = 8, cells of 16
+# pixels, about half a digit): 9 convolutions, three pools and one stride-2 convolution,
+# the last a 1x1 reduction that keeps fc1's input at 8 x 8 x 64.
+SCENES_BODY = ((16, 3), "M", (32, 3), "M", (64, 3), (32, 1), (64, 3), "M", (128, 3))
+SCENES_HEAD = ((256, 3, 2), (256, 3), (64, 1))
 
 LEAK = 0.1
 # He et al.'s normal for a leaky rectifier of slope 0.1: gain 2 / (1 + 0.1^2).
@@ -159,3 +165,6 @@ class Darknet(nn.Module):
 
 Darknet20 = functools.partial(Darknet, cfg=YOLO_BODY)
 FastDarknet7 = functools.partial(Darknet, cfg=FAST_BODY)
+# The scenes detector's body as a classifier: pretrained on single digits in clutter, as the paper
+# pretrains its first 20 convolutions on ImageNet (experiments/darknet_imagenet.py:runlocal).
+DarknetScenes = functools.partial(Darknet, cfg=SCENES_BODY)
