@@ -34,7 +34,10 @@ near zero (research.detection.yolo).
 convolutions of 256 and 20 channels: YOLO v2's step, not the paper's network).
 Target: VOC-style mAP@0.5 >= 0.85 on the 500 test scenes within 10 minutes on two CPU
 cores. Ours (seed 0, two idle cores, 2026-12-07):
-  `:runlocal` (the paper's network): PENDING
+  `:runlocal` (the paper's network): mAP@0.5 0.245 (target not met), VOC area mAP 0.230,
+  COCO AP 0.067, AP50 0.231, AP75 0.016, AR100 0.268; 601 s (about 105 img/s in training)
+  plus 81 s of pretraining: 11.4 minutes. Half of its top detections name the wrong digit
+  (benchmarks/lineage.py --errors: other 49.6%, localization 19.4%).
   `:runlocal_per_cell`: mAP@0.5 0.687 (target not met), VOC area mAP 0.704, COCO AP 0.243,
   AP50 0.702, AP75 0.101, AR100 0.399; 508 s (135 img/s in training) plus 81 s of
   pretraining: 9.9 minutes.
