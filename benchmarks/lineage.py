@@ -349,10 +349,11 @@ def errors(rows: list[dict], found: dict, path: str) -> str:
     detections, truths, num_classes = found[row["detector"]]
     analysis = detection.error_analysis(detections, truths, num_classes)
     analyses[row["detector"]] = analysis
-    row["errors"] = {k: analysis[k] for k in CATEGORIES}
+    # None where no detection was counted (the fractions are NaN then; JSON has no NaN).
+    row["errors"] = {k: analysis[k] if analysis["count"] else None for k in CATEGORIES}
     print(
       f"{row['detector']:28s} errors: "
-      + "  ".join(f"{k} {100 * v:.1f}%" for k, v in row["errors"].items()),
+      + "  ".join(f"{k} {100 * (v or 0):.1f}%" for k, v in row["errors"].items()),
       flush=True,
     )
   title = "Errors of each detector's top detections (Hoiem et al.; YOLO paper, Fig. 4)"
@@ -370,7 +371,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
   parser.add_argument("--yolo-per-cell", default="workdirs/yolo_scenes_per_cell")
   parser.add_argument(
     "--errors",
-    default="lineage_errors.png",
+    default="",
     help="the YOLO paper's error analysis of every detector, as pies in this PNG; empty: none",
   )
   parser.add_argument("--images", type=int, default=500)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from research import models
-from research.models import alexnet, densenet, googlenet, lenet, resnet, vgg, zfnet
+from research.models import alexnet, darknet, densenet, googlenet, lenet, resnet, vgg, zfnet
 from research.models.norms import FrozenBatchNorm
 
 # family -> (tiny model builder, input shape, the classifier's parameter names)
@@ -50,6 +50,11 @@ FAMILIES = {
     ),
     (2, 32, 32, 3),
     {"classifier"},
+  ),
+  "darknet": (
+    functools.partial(darknet.Darknet, cfg=((4, 3, 2), "M", (8, 3), (4, 1), (8, 3))),
+    (2, 16, 16, 3),
+    {"fc"},
   ),
 }
 # Full-size variants whose strides are measured, and sizes 64 apart (a multiple of 32).
@@ -239,6 +244,7 @@ def test_vgg_norm_needs_batch_norm():
 def test_families_are_the_classifier_modules_and_every_one_has_variants():
   assert models.families() == [
     "alexnet",
+    "darknet",
     "densenet",
     "googlenet",
     "lenet",

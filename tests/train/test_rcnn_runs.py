@@ -77,8 +77,10 @@ def test_rcnn_and_fast_rcnn_train_detect_and_enter_the_lineage_table(tmp_path):
   rows = lineage.main(
     [
       *("--rcnn", rcnn_dir, "--fast-rcnn", fast_dir, "--faster-rcnn", str(tmp_path / "none")),
+      *("--yolo", str(tmp_path / "none"), "--yolo-per-cell", ""),
       *("--images", "4", "--proposal-images", "1", "--svd-ranks", "16,8"),
       *("--json", out, "--plot", str(tmp_path / "lineage.png")),
+      *("--errors", str(tmp_path / "errors.png")),
     ]
   )
   assert [r["detector"] for r in rows] == ["R-CNN", "Fast R-CNN", "Fast R-CNN, SVD 16/8"]
@@ -86,7 +88,11 @@ def test_rcnn_and_fast_rcnn_train_detect_and_enter_the_lineage_table(tmp_path):
   assert abs(rows[0]["map50"] - results["test_map50"]) < 1e-9
   for row in rows:
     assert row["images"] == 4 and row["proposals_s"] > 0 and row["network_s"] > 0
+    # The error analysis of each detector's top detections (None where it counted none).
+    counted = [v for v in row["errors"].values() if v is not None]
+    assert not counted or abs(sum(counted) - 1) < 1e-9
     assert row["total_s"] >= row["proposals_s"] + row["network_s"]
   with open(out) as fp:
     assert json.load(fp) == {"digit_scenes": rows, "paper_scale": []}
   assert os.path.getsize(tmp_path / "lineage.png") > 0
+  assert os.path.getsize(tmp_path / "errors.png") > 0
