@@ -85,17 +85,23 @@ def _norm(norm: ModuleDef | None, train: bool, dtype: Any, name: str) -> nn.Modu
   return (norm or BatchNorm)(use_running_average=not train, dtype=dtype, name=name)
 
 
-def _conv(conv: ModuleDef, features: int, kernel: int, stride: int, dtype: Any, name: str):
+def _conv(
+  conv: ModuleDef, features: int, kernel: int, stride: int, dtype: Any, name: str, dilation: int = 1
+):
   # Explicit symmetric padding k // 2, as torch: "SAME" pads asymmetrically at stride 2.
+  # A dilated 3x3 pads by its dilation (torchvision's conv3x3), keeping the map size;
+  # kernel_dilation is passed only then, so a `conv` without it still builds plain ResNets.
+  dilated = {"kernel_dilation": (dilation, dilation)} if dilation != 1 else {}
   return conv(
     features,
     (kernel, kernel),
     strides=(stride, stride),
-    padding=kernel // 2,
+    padding=dilation * (kernel // 2),
     use_bias=False,
     kernel_init=_conv_init,
     dtype=dtype,
     name=name,
+    **dilated,
   )
 
 
@@ -105,6 +111,7 @@ class BasicBlock(nn.Module):
   planes: int
   stride: int = 1
   base_width: int = 64  # torchvision accepts only 64 for BasicBlock.
+  dilation: int = 1  # torchvision accepts only 1 for BasicBlock.
   dtype: Any = jnp.float32
   conv: ModuleDef = Conv
   norm: ModuleDef | None = None
@@ -113,6 +120,11 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
+    if self.dilation != 1:
+      raise ValueError(
+        f"BasicBlock: dilation must be 1 (as in torchvision, dilation is for Bottleneck "
+        f"ResNets); received dilation={self.dilation}."
+      )
     conv = functools.partial(_conv, self.conv, dtype=self.dtype)
     norm = functools.partial(_norm, self.norm, train, self.dtype)
     identity = x
@@ -130,12 +142,14 @@ class Bottleneck(nn.Module):
   """1x1, 3x3 (strided, v1.5), 1x1 convs. x [N, H, W, C] -> [N, H', W', 4 * planes].
 
   The inner width is planes * base_width / 64: 64 for ResNets, 128 for the
-  wide variants.
+  wide variants. `dilation` dilates the 3x3 conv (padding = dilation), for the
+  stages whose stride `replace_stride_with_dilation` removes.
   """
 
   planes: int
   stride: int = 1
   base_width: int = 64
+  dilation: int = 1
   dtype: Any = jnp.float32
   conv: ModuleDef = Conv
   norm: ModuleDef | None = None
@@ -151,7 +165,7 @@ class Bottleneck(nn.Module):
     identity = x
     y = conv(width, 1, 1, name="conv1")(x)
     y = nn.relu(norm("bn1")(y))
-    y = conv(width, 3, self.stride, name="conv2")(y)
+    y = conv(width, 3, self.stride, name="conv2", dilation=self.dilation)(y)
     y = nn.relu(norm("bn2")(y))
     y = conv(out_planes, 1, 1, name="conv3")(y)
     y = norm("bn3")(y)
@@ -177,9 +191,14 @@ class ResNet(nn.Module):
       1e-5). Detectors pass `research.models.norms.FrozenBatchNorm`.
     dtype: the computation dtype (bfloat16 for mixed precision); parameters and batch
       statistics stay float32, the logits are in dtype.
+    replace_stride_with_dilation: torchvision's argument, one bool for each of layer2..4
+      (None: all False): that stage keeps stride 1 and dilates its 3x3 convs instead
+      (Bottleneck only), e.g. (False, True, True) for output stride 8 in the
+      segmenters (research.models.fcn.FCN_ResNet50). The parameters are the same.
 
   `feature_strides`: {name: stride} of the maps in `out`, C2..C5 as torchvision's
-  detection backbones use them: stem 4, stage1 4, stage2 8, stage3 16, stage4 32.
+  detection backbones use them: stem 4, stage1 4, stage2 8, stage3 16, stage4 32
+  (stage3 and stage4 8 with (False, True, True)).
   """
 
   stage_sizes: Sequence[int]
@@ -191,32 +210,63 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
   conv: ModuleDef = Conv
   norm: ModuleDef | None = None
+  replace_stride_with_dilation: Sequence[bool] | None = None
+
+  def _schedule(self) -> list[tuple[int, int, int]]:
+    """(stride, dilation of the first block, dilation of the others) for each stage.
+
+    torchvision's `_make_layer`: a stage whose stride is replaced by dilation keeps the
+    map size and multiplies the dilation by 2 from its second block on; its first
+    block keeps the previous dilation.
+    """
+    dilate = self.replace_stride_with_dilation
+    if dilate is not None and len(dilate) != len(self.stage_sizes) - 1:
+      raise ValueError(
+        f"{type(self).__name__}: replace_stride_with_dilation needs one bool for each "
+        f"stage after the first ({len(self.stage_sizes) - 1}); received {dilate!r}."
+      )
+    schedule, dilation = [], 1
+    for i in range(len(self.stage_sizes)):
+      stride, previous = (2 if i > 0 else 1), dilation
+      if i > 0 and dilate is not None and dilate[i - 1]:
+        stride, dilation = 1, dilation * 2
+      schedule.append((stride, previous, dilation))
+    return schedule
 
   @property
   def feature_strides(self) -> dict[str, int]:
     """{name: stride in input pixels} of the spatial maps in `out`."""
-    return {"stem": 4} | {f"stage{i + 1}": 4 * 2**i for i in range(len(self.stage_sizes))}
+    strides, stride = {"stem": 4}, 4
+    for i, (s, _, _) in enumerate(self._schedule()):
+      stride *= s
+      strides[f"stage{i + 1}"] = stride
+    return strides
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
     name = type(self).__name__
     check_num_classes(self.num_classes, name)
     check_images(x, model=name, channels=self.in_channels, min_size=1)
+    schedule = self._schedule()
     out = {}
     x = x.astype(self.dtype)
     x = _conv(self.conv, self.num_filters, 7, 2, self.dtype, "conv1")(x)
     x = nn.relu(_norm(self.norm, train, self.dtype, "bn1")(x))
     x = out["stem"] = max_pool(x, 3, stride=2, padding=1)
     for i, blocks in enumerate(self.stage_sizes):
+      stride, first, rest = schedule[i]
       for j in range(blocks):
+        dilation = first if j == 0 else rest
         x = self.block_cls(
           planes=self.num_filters * 2**i,
-          stride=2 if i > 0 and j == 0 else 1,
+          stride=stride if j == 0 else 1,
           base_width=self.base_width,
           dtype=self.dtype,
           conv=self.conv,
           norm=self.norm,
           name=f"layer{i + 1}.{j}",
+          # Only when dilated, so that blocks without the attribute still build.
+          **({"dilation": dilation} if dilation != 1 else {}),
         )(x, train=train)
       out[f"stage{i + 1}"] = x
     x = out["pre_logits"] = adaptive_avg_pool(x, 1).reshape(x.shape[0], -1)

@@ -246,6 +246,7 @@ def test_families_are_the_classifier_modules_and_every_one_has_variants():
     "alexnet",
     "darknet",
     "densenet",
+    "fcn",
     "googlenet",
     "lenet",
     "resnet",
