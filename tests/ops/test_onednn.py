@@ -51,6 +51,11 @@ def test_plan_exact_padding_and_what_it_refuses():
   assert g.in_hw == (11, 11) and g.padding == ((0, 0), (0, 0)) and g.out_hw == (5, 5)
   assert "negative" in onednn.plan((1, 12, 12, 4), (3, 3, 4, 4), (1, 1), ((-1, 0), (0, 0)))
   assert "groups" in onednn.plan((1, 12, 12, 4), (3, 3, 3, 4), (1, 1), ((0, 0), (0, 0)))
+  # Padding wider than the kernel reaches (output pixels of padding only) goes to lax.
+  assert "beyond the kernel's reach 2" in onednn.plan(
+    (1, 12, 12, 4), (3, 3, 4, 4), (1, 1), ((3, 3), (3, 3))
+  )
+  assert not isinstance(onednn.plan((1, 12, 12, 4), (3, 3, 4, 4), (1, 1), ((2, 2), (2, 2))), str)
   with pytest.raises(ValueError, match="conv2d: expected float32"):
     onednn.conv2d(jnp.ones((1, 5, 5, 2), jnp.bfloat16), jnp.ones((3, 3, 2, 2), jnp.bfloat16))
 

@@ -74,6 +74,10 @@ def plan(x_shape, w_shape, strides, padding, dilation=(1, 1), groups=1) -> Geome
     if out < 1:
       return f"empty output ({n} pixels, kernel {k}, padding {(lo, hi)})"
     right = (out - 1) * s + (k - 1) * d + 1 - n - lo
+    if max(lo, right) > (k - 1) * d:
+      # Output pixels that read padding only: oneDNN 3.2's backward-data pass kills the
+      # process on them (3x3 kernels padded by 3 or more, e.g. FCN's pad 100).
+      return f"padding {(lo, hi)} beyond the kernel's reach {(k - 1) * d}"
     exact.append((lo, max(right, 0)))
     sizes.append(n + min(right, 0))
   return Geometry(tuple(sizes), (kh, kw), tuple(strides), tuple(exact), tuple(dilation), groups)
