@@ -196,19 +196,27 @@ def _postprocess(
     labels = jnp.broadcast_to(jnp.arange(1, k, dtype=jnp.int32), (r, k - 1))
     boxes, scores, labels = boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1)
     keep = jnp.repeat(valid, k - 1) & (scores > score_thresh)
-    keep &= box_ops.remove_small_boxes(boxes, min_size)
-    # Dropped boxes at 0: batched_nms offsets classes by the largest coordinate, which
-    # is then that of the kept boxes, as torchvision's over its filtered boxes.
-    boxes = jnp.where(keep[:, None], boxes, 0)
-    index, ok = box_ops.batched_nms(boxes, scores, labels, nms_thresh, max_output=top, valid=keep)
-    return {
-      "boxes": jnp.where(ok[:, None], boxes[index], 0),
-      "scores": jnp.where(ok, scores[index], 0),
-      "labels": jnp.where(ok, labels[index], 0),
-      "valid": ok,
-    }
+    return select_detections(boxes, scores, labels, keep, min_size, nms_thresh, top)
 
   return jax.vmap(one)(logits, regression, proposals, valid, image_hw)
+
+
+def select_detections(boxes, scores, labels, keep, min_size, nms_thresh, top) -> dict:
+  """One image's candidates -> its detections: boxes [M, 4] (clipped), scores [M], labels
+  [M] int, keep [M] bool (those above the score threshold) -> sides >= min_size, NMS per
+  class at nms_thresh, the best `top` by score: {"boxes" [top, 4], "scores" [top],
+  "labels" [top], "valid" [top] bool}, padding zeros. Shared by the R-CNN heads and YOLO."""
+  keep = keep & box_ops.remove_small_boxes(boxes, min_size)
+  # Dropped boxes at 0: batched_nms offsets classes by the largest coordinate, which
+  # is then that of the kept boxes, as torchvision's over its filtered boxes.
+  boxes = jnp.where(keep[:, None], boxes, 0)
+  index, ok = box_ops.batched_nms(boxes, scores, labels, nms_thresh, max_output=top, valid=keep)
+  return {
+    "boxes": jnp.where(ok[:, None], boxes[index], 0),
+    "scores": jnp.where(ok, scores[index], 0),
+    "labels": jnp.where(ok, labels[index], 0),
+    "valid": ok,
+  }
 
 
 def postprocess(

@@ -52,6 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from research.detection.faster_rcnn import _check_inputs
+from research.detection.roi_heads import select_detections
 from research.models import darknet
 from research.models.alexnet import flatten_chw
 from research.models.layers import Conv
@@ -215,15 +216,7 @@ def decode(predictions, image_hw, canvas_hw, *, boxes_per_cell, score_thresh, nm
   def one(corners, scores, labels, hw):
     corners = box_ops.clip(corners.reshape(-1, 4), hw)
     scores, labels = scores.reshape(-1), labels.reshape(-1)
-    keep = (scores > score_thresh) & box_ops.remove_small_boxes(corners, 1e-2)
-    corners = jnp.where(keep[:, None], corners, 0)  # as roi_heads.postprocess, for batched_nms
-    index, ok = box_ops.batched_nms(corners, scores, labels, nms_thresh, max_output=top, valid=keep)
-    return {
-      "boxes": jnp.where(ok[:, None], corners[index], 0),
-      "scores": jnp.where(ok, scores[index], 0),
-      "labels": jnp.where(ok, labels[index], 0),
-      "valid": ok,
-    }
+    return select_detections(corners, scores, labels, scores > score_thresh, 1e-2, nms_thresh, top)
 
   return jax.vmap(one)(corners, scores, labels, jnp.asarray(image_hw, jnp.float32))
 
