@@ -23,7 +23,7 @@ import re
 
 from ml_collections import ConfigDict
 
-from research.data import datasets, detection, proposals
+from research.data import datasets, detection, proposals, segmentation
 
 COCO_FORMAT = "coco_format"
 # Tasks whose records are in the detection schema (research.data.detection).
@@ -139,7 +139,12 @@ def from_config(config: ConfigDict):
   one is an error naming the data set, the split, its index and image_id. With
   `config.proposals` (R-CNN, Fast R-CNN) each record also has its region proposals,
   cached beside the data set (the prepared TFDS directory, or the annotation file's).
+  With `config.task == "segmentation"` the records are research.data.segmentation's
+  schema ({"image", "labels" [H, W]}) and the spec counts the segmentation classes
+  (digit_scenes/multi: background + 10 digits).
   """
+  if config.get("task") == "segmentation":
+    return segmentation.from_config(config)
   if config.dataset == COCO_FORMAT:
     data = config.get("data") or ConfigDict()
     # The JSON is parsed once per process however often the config is resolved.
