@@ -9,7 +9,19 @@ The schema, what every source's adapter returns:
 Adapters (`ADAPTERS`): digit_scenes/multi, its "semantic_mask" [H, W, 1] (0 background,
 digit + 1 on the ink): 11 classes, "background", "0", ..., "9". PASCAL VOC's segmentation
 masks are not in TFDS (its voc builders hold boxes only), so "voc/2007" and "voc/2012"
-raise an error that says what is missing (`MISSING`).
+raise an error that says what is missing (`MISSING`) and points to "voc_segmentation":
+VOCdevkit's SegmentationClass PNGs and SBD's .mat masks read from directories
+(research.data.voc_segmentation), 21 classes, configured through `config.data`:
+
+    --config.dataset=voc_segmentation --config.data.root=VOCdevkit/VOC2012 \\
+    [--config.data.sbd_root=benchmark_RELEASE/dataset] \\
+    [--config.data.train_split=train] [--config.data.test_split=val]
+
+The run's "train" and "test" splits (sliced as TFDS slices: "test[:20]") are the split
+expressions data.train_split (default "train") and data.test_split (default "val"): a VOC
+split ("train", "val", "trainval"), an SBD one ("sbd:train", "sbd:val") or "A-B", the ids
+of A not in B. The FCN paper's: root VOCdevkit/VOC2011, train_split "sbd:train" (8,498),
+test_split "val-sbd:train" (736).
 
 `segmentation_source(name, split)` gives a data set's records in the schema, each checked
 as it is read (`check_record`); `from_config` is what `research.data.sources.from_config`
@@ -29,10 +41,11 @@ Transforms, as the pipeline calls them (research.data.pipeline):
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 
-from research.data import datasets, transforms
+from research.data import datasets, transforms, voc_segmentation
 
 IGNORE = 255  # research.evaluate.segmentation.IGNORE: counted nowhere
 
@@ -52,13 +65,13 @@ ADAPTERS = {
 }
 # Data sets a segmentation run may name whose masks this code cannot read yet, and why.
 _VOC_MISSING = (
-  "TFDS's {name} builder holds boxes only, no segmentation masks. The FCN paper trains on "
-  "the 8,498 SBD images of Hariharan et al. (their .mat class masks) and validates on the "
-  "VOC 2011 segmentation val images not in SBD (736), read from VOCdevkit's "
-  "SegmentationClass PNGs (palette indices, 255 on boundaries); neither is read by this "
-  "code yet. Add an adapter to research.data.segmentation.ADAPTERS that yields "
-  "{{'image': uint8 [H, W, 3], 'labels': [H, W]}} records (21 classes: background + the 20 "
-  "VOC classes)."
+  "TFDS's {name} builder holds boxes only, no segmentation masks. Use dataset "
+  "'voc_segmentation', which reads VOCdevkit's SegmentationClass PNGs and, for the FCN "
+  "paper's training set, the SBD .mat masks of Hariharan et al. (21 classes: background + "
+  "the 20 VOC classes): --config.dataset=voc_segmentation "
+  "--config.data.root=VOCdevkit/VOC2011 [--config.data.sbd_root=benchmark_RELEASE/dataset "
+  "--config.data.train_split=sbd:train --config.data.test_split=val-sbd:train] "
+  "(research.data.voc_segmentation)."
 )
 MISSING = {name: _VOC_MISSING.format(name=name) for name in ("voc/2007", "voc/2012")}
 
@@ -121,15 +134,20 @@ class SegmentationSource:
 def _known(name: str) -> None:
   if name in MISSING:
     raise ValueError(f"dataset: {name!r} has no segmentation masks here: {MISSING[name]}")
-  if name not in ADAPTERS:
+  if name not in ADAPTERS and name != voc_segmentation.NAME:
     raise ValueError(
-      f"dataset: {name!r} has no segmentation adapter; expected one of {sorted(ADAPTERS)}."
+      f"dataset: {name!r} has no segmentation adapter; expected one of "
+      f"{sorted([*ADAPTERS, voc_segmentation.NAME])}."
     )
 
 
 def segmentation_spec(name: str) -> datasets.DatasetSpec:
-  """The DatasetSpec of `name` with its segmentation classes (digit_scenes/multi: 11)."""
+  """The DatasetSpec of `name` with its segmentation classes (digit_scenes/multi: 11,
+  voc_segmentation: 21; its splits "train" and "test" are config.data's, see `from_config`)."""
   _known(name)
+  if name == voc_segmentation.NAME:
+    names = voc_segmentation.CLASS_NAMES
+    return datasets.DatasetSpec(name, (None, None, 3), len(names), class_names=names)
   names = ADAPTERS[name][1]
   return dataclasses.replace(datasets.get_spec(name), num_classes=len(names), class_names=names)
 
@@ -137,6 +155,11 @@ def segmentation_spec(name: str) -> datasets.DatasetSpec:
 def segmentation_source(name: str, split: str, *, data_dir: str | None = None):
   """Records of data set `name` (a key of ADAPTERS) in the schema, checked as read."""
   spec = segmentation_spec(name)
+  if name == voc_segmentation.NAME:
+    raise ValueError(
+      f"dataset: {name!r} reads its directories from config.data (root, sbd_root); call "
+      "from_config(config) or voc_source(data, split)."
+    )
   return SegmentationSource(
     datasets.data_source(name, split, data_dir=data_dir),
     ADAPTERS[name][0],
@@ -146,8 +169,61 @@ def segmentation_source(name: str, split: str, *, data_dir: str | None = None):
   )
 
 
+def voc_source(data, split: str) -> SegmentationSource:
+  """The records of `split` ("train" or "test", optionally sliced: "test[:20]") of
+  voc_segmentation: the split expression data.train_split (default "train") or
+  data.test_split (default "val") of the VOC directory data.root, SBD at data.sbd_root."""
+  from research.data.sources import split_of  # pylint: disable=import-outside-toplevel
+
+  base = split.partition("[")[0]
+  if base not in ("train", "test"):
+    raise ValueError(
+      f"split: {voc_segmentation.NAME} has splits 'train' (data.train_split) and 'test' "
+      f"(data.test_split), optionally sliced like 'test[:20]'; received {split!r}."
+    )
+  expression = data.get(f"{base}_split") or {"train": "train", "test": "val"}[base]
+  source = voc_segmentation.VocSegmentation(data.root, expression, sbd_root=data.get("sbd_root"))
+  names = voc_segmentation.CLASS_NAMES
+  return split_of(
+    SegmentationSource(
+      source,
+      lambda record: record,
+      name=f"{voc_segmentation.NAME} {base} ({expression})",
+      num_classes=len(names),
+      class_names=names,
+    ),
+    split,
+  )
+
+
+def _voc_from_config(config):
+  data = config.get("data") or {}
+  if not data.get("root"):
+    raise ValueError(
+      f"data.root: dataset {voc_segmentation.NAME!r} reads a VOC directory (JPEGImages/, "
+      "SegmentationClass/, ImageSets/Segmentation/), e.g. "
+      f"--config.data.root=VOCdevkit/VOC2012; received {data.get('root')!r}."
+    )
+  if not os.path.isdir(data.root):
+    raise FileNotFoundError(
+      f"data.root: {data.root!r} is no directory; expected VOC's (VOCdevkit/VOC2012) with "
+      "JPEGImages/, SegmentationClass/ and ImageSets/Segmentation/."
+    )
+  built = {}
+
+  def sources(split: str):
+    if split not in built:
+      built[split] = voc_source(data, split)
+    return built[split]
+
+  return segmentation_spec(voc_segmentation.NAME), sources
+
+
 def from_config(config):
-  """(spec, sources(split)) of `config.dataset` for the segmentation task."""
+  """(spec, sources(split)) of `config.dataset` for the segmentation task; voc_segmentation's
+  sources from config.data (`voc_source`)."""
+  if config.dataset == voc_segmentation.NAME:
+    return _voc_from_config(config)
   spec = segmentation_spec(config.dataset)
   data_dir = config.get("data_dir")
   return spec, lambda split: segmentation_source(config.dataset, split, data_dir=data_dir)

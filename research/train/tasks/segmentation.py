@@ -39,6 +39,7 @@ import optax
 from ml_collections import ConfigDict
 
 from research.data import segmentation as data
+from research.data import voc_segmentation
 from research.evaluate import segmentation as evaluate
 from research.train import evaluators, steps
 from research.train.steps import no_model_kwargs
@@ -220,17 +221,10 @@ def default_evals(config: ConfigDict) -> list[ConfigDict]:
 
 
 def palette() -> np.ndarray:
-  """uint8 [256, 3]: PASCAL VOC's colour map (class 0 black, then the bits of the class id
-  spread over red, green and blue), 255 (ignored) white."""
-  colours = np.zeros((256, 3), np.uint8)
-  for k in range(256):
-    c, r, g, b = k, 0, 0, 0
-    for j in range(8):
-      r |= ((c >> 0) & 1) << (7 - j)
-      g |= ((c >> 1) & 1) << (7 - j)
-      b |= ((c >> 2) & 1) << (7 - j)
-      c >>= 3
-    colours[k] = (r, g, b)
+  """uint8 [256, 3]: PASCAL VOC's colour map (research.data.voc_segmentation.COLOURS: class 0
+  black, then the bits of the class id spread over red, green and blue), 255 (ignored) white
+  for display."""
+  colours = voc_segmentation.COLOURS.copy()
   colours[IGNORE] = 255
   return colours
 
