@@ -1,28 +1,44 @@
-"""Command line: run the trained detector of a workdir on one image.
+"""Command line: run the trained detector or segmenter of a workdir on one image.
 
-    python -m research.predict --workdir=DIR --image=PATH [--out=PNG] \
-        [--score-threshold=0.5] [--step=N]
+    python -m research.predict --workdir=DIR --image=PATH [--out=PNG] [--step=N] \
+        [--score-threshold=0.5] [--label-map=PNG]
 
-Prints JSON to stdout: {"image", "workdir", "step" (the checkpoint's), "score_threshold",
+The run's `config.json` says what it trained (`config.task`): a detector ("detection") or a
+segmenter ("segmentation"); any other task is an error naming it. Both print JSON to stdout
+and draw a PNG, by default `DIR/figures/predict_<image stem>.png`; the checkpoint is the
+newest, or `--step`.
+
+Detection prints {"image", "workdir", "step" (the checkpoint's), "score_threshold",
 "figure", "detections": [{"box": [x1, y1, x2, y2], "label", "class_name", "score"}, ...]},
-best first, boxes in the original image's pixels (pixel edges: a box over columns 0..9 has
-x1 = 0, x2 = 10) to 2 decimals, scores to 4; a Mask R-CNN's detections also carry "mask",
-the instance mask in the original image as COCO's run-length encoding {"size": [H, W],
-"counts"} (`decode_mask` gives the array). Draws the boxes, masks, class names and scores
-into a PNG, by default `DIR/figures/predict_<image stem>.png`.
-
-Every detector of the detection task works: the run's `config.json` gives the model
-(`research.train.loop.build_model`), the data set (its classes, its images' channels) and
-the task's evaluation transform (`research.data.detection.DetectionTransform`: resize into
-the size x size canvas, normalize); the checkpoint gives the parameters (the newest, or
-`--step`). The model's evaluation call returns `(detections, out)` with detections
+best first, with score >= --score-threshold (default 0.5), boxes in the original image's
+pixels (pixel edges: a box over columns 0..9 has x1 = 0, x2 = 10) to 2 decimals, scores to
+4; a Mask R-CNN's detections also carry "mask", the instance mask in the original image as
+COCO's run-length encoding {"size": [H, W], "counts"} (`decode_mask` gives the array). The
+figure shows the boxes, masks, class names and scores. Every detector of the detection task
+works: the run's config gives the model (`research.train.loop.build_model`), the data set
+(its classes, its images' channels) and the task's evaluation transform
+(`research.data.detection.DetectionTransform`: resize into the size x size canvas,
+normalize). The model's evaluation call returns `(detections, out)` with detections
 {"boxes" [N, D, 4] in the resized image's pixels, "scores", "labels" (0-based), "valid",
 optionally "mask_probs" [N, D, M, M]} (the `research.train.evaluators.DetectionAP`
 contract), and boxes go back to the original image by original_size / image_size, where
 masks are pasted at them.
 
+Segmentation (an FCN of experiments/fcn_voc2012.py, ...; `research.predict_segmentation`)
+prints {"image", "workdir", "step", "figure", "label_map", "classes": [{"label",
+"class_name", "pixels", "fraction"}, ...]}: the arg-max class of every pixel of the original
+image (the task's `SegmentationTransform`, no resizing or padding: the segmenters' logits
+are at the input's size), saved as a palette-mode PNG with PASCAL VOC's colours at
+`label_map` (--label-map, default next to the figure: `<figure stem>_labels.png`), and the
+classes present, most pixels first. The figure blends the classes' colours over the image
+(the background left clear) beside the plain label map, with a legend of the classes
+present. --score-threshold means nothing there and is ignored; --label-map is an error for
+a detector.
+
 From Python: `predict(workdir, image_path)` returns the same dict; `Detector.load(workdir)`
-keeps a restored detector for many images (`detector(image)`, image uint8 [H, W, C]).
+keeps a restored detector for many images (`detector(image)`, image uint8 [H, W, C]), as
+`research.predict_segmentation.Segmenter.load(workdir)` keeps a segmenter
+(`segmenter(image)` -> the label map uint8 [H, W]).
 """
 
 from __future__ import annotations
@@ -43,11 +59,17 @@ log = logging.getLogger(__name__)
 
 # config.task values whose models are detectors with the contract above.
 DETECTION_TASKS = ("detection",)
+# config.task values whose models are segmenters: (logits [B, H, W, C] at the input's size, out).
+SEGMENTATION_TASKS = ("segmentation",)
+TASKS = DETECTION_TASKS + SEGMENTATION_TASKS
+# What a run of each task is, for the error messages.
+_KINDS = {"detection": "detector", "segmentation": "segmenter"}
 
 
-def load_config(workdir: str, tasks: tuple[str, ...] = DETECTION_TASKS) -> ConfigDict:
+def load_config(workdir: str, tasks: tuple[str, ...] = TASKS) -> ConfigDict:
   """The run's config.json; FileNotFoundError when `workdir` is not a run's directory,
-  ValueError when its task is not one of `tasks` (the detection tasks)."""
+  ValueError when its task is not one of `tasks` (default: the detection and segmentation
+  tasks)."""
   if not os.path.isdir(workdir):
     raise FileNotFoundError(
       f"--workdir: expected the directory of a training run (config.json, checkpoints/); "
@@ -63,8 +85,9 @@ def load_config(workdir: str, tasks: tuple[str, ...] = DETECTION_TASKS) -> Confi
     config = ConfigDict(json.load(f))
   task = config.get("task", "classification")
   if task not in tasks:
+    kinds = " or ".join(dict.fromkeys(_KINDS.get(t, t) for t in tasks))
     raise ValueError(
-      f"--workdir: predict runs detectors, runs of config.task in {list(tasks)}; "
+      f"--workdir: predict runs a trained {kinds}, a run of config.task in {list(tasks)}; "
       f"{workdir!r} holds a run of task {task!r}."
     )
   return config
@@ -236,6 +259,25 @@ def class_names(config: ConfigDict, spec, num_classes: int) -> list[str]:
   return [names[i] if i < len(names) else str(i) for i in range(num_classes)]
 
 
+def _tuples(value):
+  """`value` with every list, at any depth, a tuple."""
+  if isinstance(value, list | tuple):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
+def build_model(config: ConfigDict, num_classes: int):
+  """`research.train.loop.build_model` of a config read back from config.json, where the
+  tuples of `config.model_kwargs` came back as lists: they are tuples again, so that the
+  module is hashable (`_compiled`'s cache key) as the one trained was."""
+  from research.train import loop  # pylint: disable=import-outside-toplevel
+
+  model = loop.build_model(config, num_classes)
+  fields = (f.name for f in dataclasses.fields(model) if f.name not in ("parent", "name"))
+  lists = {k: _tuples(getattr(model, k)) for k in fields if isinstance(getattr(model, k), list)}
+  return model.clone(**lists) if lists else model
+
+
 @functools.lru_cache(maxsize=4)
 def _compiled(model):
   """The jitted evaluation call of `model` (a hashable Flax module), shared by every image and
@@ -267,7 +309,7 @@ class Detector:
   @classmethod
   def load(cls, workdir: str, step: int | None = None) -> Detector:
     """The detector of `workdir` at checkpoint `step` (None: the newest)."""
-    config = load_config(workdir)
+    config = load_config(workdir, DETECTION_TASKS)
     _manager(workdir).close()  # no checkpoint: an error before anything is built
     return cls._build(workdir, config, step)
 
@@ -277,7 +319,6 @@ class Detector:
     from research.data import detection as detection_data
     from research.data import sources
     from research.train import tasks
-    from research.train.loop import build_model
 
     task = tasks.resolve(config.get("task", "classification"))
     spec, _ = sources.from_config(config)
@@ -427,23 +468,51 @@ def draw(image: np.ndarray, detections: list[dict], path: str, title: str | None
   return path
 
 
+def default_figure(workdir: str, image_path: str) -> str:
+  """workdir/figures/predict_<image stem>.png: where the figure goes without --out."""
+  stem = os.path.splitext(os.path.basename(image_path))[0]
+  return os.path.join(workdir, "figures", f"predict_{stem}.png")
+
+
 def predict(
   workdir: str,
   image_path: str,
   *,
   out: str | None = None,
-  score_threshold: float = 0.5,
+  score_threshold: float | None = None,
   step: int | None = None,
+  label_map: str | None = None,
 ) -> dict:
-  """Runs the detector of `workdir` on the image file at `image_path`, draws the PNG at `out`
-  (None: workdir/figures/predict_<image stem>.png); returns the JSON-able result."""
+  """Runs the detector or segmenter of `workdir` (by its config.task) on the image file at
+  `image_path`, draws the PNG at `out` (None: workdir/figures/predict_<image stem>.png);
+  returns the JSON-able result (module docstring).
+
+  score_threshold: detection only (None: 0.5); a segmentation run ignores it, a label map
+  has no scores. label_map: segmentation only, where its palette PNG goes (None: beside
+  `out`, <stem>_labels.png); a ValueError for a detector.
+  """
+  workdir, image_path = os.path.expanduser(workdir), os.path.expanduser(image_path)
+  config = load_config(workdir)
+  task = config.get("task", "classification")
+  if task in SEGMENTATION_TASKS:
+    if score_threshold is not None:
+      log.info("--score-threshold: ignored, a segmentation run's label map has no scores")
+    from research import predict_segmentation  # pylint: disable=import-outside-toplevel
+
+    return predict_segmentation.predict(
+      workdir, image_path, config, out=out, label_map=label_map, step=step
+    )
+  if label_map is not None:
+    raise ValueError(
+      f"--label-map: only a segmentation run writes a label map; {workdir!r} holds a run of "
+      f"task {task!r} (leave --label-map out)."
+    )
+  score_threshold = 0.5 if score_threshold is None else score_threshold
   if not isinstance(score_threshold, int | float) or not math.isfinite(score_threshold):
     raise ValueError(
       f"--score-threshold: expected a finite number (scores lie in [0, 1]); received "
       f"{score_threshold!r}."
     )
-  workdir, image_path = os.path.expanduser(workdir), os.path.expanduser(image_path)
-  config = load_config(workdir)
   _manager(workdir).close()  # no checkpoint: an error before the image is read
   from research.data import sources  # pylint: disable=import-outside-toplevel
 
@@ -451,10 +520,7 @@ def predict(
   image = load_image(image_path, int(spec.image_shape[-1] or 3))
   detector = Detector._build(workdir, config, step)
   detections = detector(image, score_threshold)
-  if out is None:
-    stem = os.path.splitext(os.path.basename(image_path))[0]
-    out = os.path.join(workdir, "figures", f"predict_{stem}.png")
-  out = os.path.expanduser(out)
+  out = os.path.expanduser(out or default_figure(workdir, image_path))
   draw(image, detections, out, title=f"{config.model}, step {detector.step}")
   return {
     "image": os.path.abspath(image_path),
@@ -467,26 +533,43 @@ def predict(
 
 
 def to_json(result: dict) -> str:
-  """`result` as indented JSON with one detection a line."""
-  lines = [f"  {json.dumps(k)}: {json.dumps(v)}," for k, v in result.items() if k != "detections"]
-  rows = [f"    {json.dumps(d)}" for d in result["detections"]]
-  body = "[\n" + ",\n".join(rows) + "\n  ]" if rows else "[]"
-  return "{\n" + "\n".join(lines) + f'\n  "detections": {body}\n}}'
+  """`result` as indented JSON, each list of dicts ("detections", "classes") one item a
+  line."""
+  lines = []
+  for key, value in result.items():
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+      rows = ",\n".join(f"    {json.dumps(v)}" for v in value)
+      lines.append(f"  {json.dumps(key)}: [\n{rows}\n  ]")
+    else:
+      lines.append(f"  {json.dumps(key)}: {json.dumps(value)}")
+  return "{\n" + ",\n".join(lines) + "\n}"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
     prog="python -m research.predict", description=__doc__.splitlines()[0]
   )
-  parser.add_argument("--workdir", required=True, help="a detection run's workdir")
+  parser.add_argument(
+    "--workdir", required=True, help="the workdir of a detection or segmentation run"
+  )
   parser.add_argument("--image", required=True, help="the image file (PNG, JPEG, ...)")
   parser.add_argument(
     "--out", default=None, help="the PNG to draw (default: WORKDIR/figures/predict_STEM.png)"
   )
   parser.add_argument(
-    "--score-threshold", type=float, default=0.5, help="keep detections scoring at least this"
+    "--score-threshold",
+    type=float,
+    default=None,
+    help="detection: keep detections scoring at least this (default 0.5); segmentation: "
+    "ignored (a label map has no scores)",
   )
   parser.add_argument("--step", type=int, default=None, help="the checkpoint (default: newest)")
+  parser.add_argument(
+    "--label-map",
+    default=None,
+    help="segmentation only: the palette PNG of the label map (default: beside --out, "
+    "STEM_labels.png)",
+  )
   return parser.parse_args(argv)
 
 
@@ -499,6 +582,7 @@ def run(argv: list[str]) -> dict:
     out=args.out,
     score_threshold=args.score_threshold,
     step=args.step,
+    label_map=args.label_map,
   )
 
 

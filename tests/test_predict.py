@@ -167,7 +167,7 @@ def test_bad_workdirs_are_errors_naming_them(trained, tmp_path):
   classifier = tmp_path / "classifier"
   classifier.mkdir()
   (classifier / "config.json").write_text(json.dumps({"task": "classification"}))
-  with pytest.raises(ValueError, match=r"predict runs detectors.*'classification'"):
+  with pytest.raises(ValueError, match=r"predict runs a trained detector or segmenter.*'classif"):
     predict.predict(str(classifier), small)
   with pytest.raises(FileNotFoundError, match=r"--step: expected one of .*\[1\]; received 7"):
     predict.predict(workdir, small, step=7)
