@@ -7,6 +7,7 @@
         "target_prefix": "",   # the sub-tree of this model to fill, e.g. "backbone"; several
                                # as "backbone/body,roi_heads/box_head" (or a sequence)
         "exclude": ("fc",),    # regexes of this model's paths left freshly initialized
+        "convolutionalize": False,  # a VGG classifier source into an FCN: see below
     })
 
 A plain string is `path` alone. With several target prefixes each fills its sub-tree
@@ -19,6 +20,12 @@ in the source with the same shape, else a ValueError names the parameter and bot
 shapes; source arrays nothing asked for are ignored and logged (a classifier's head
 under a backbone). The run logs what was loaded and what was left fresh. A run that
 resumes from its own checkpoint does not load again.
+
+`convolutionalize: True` reads a VGG classifier (a torchvision vgg16 .pth, or a workdir of
+`vgg.VGG16`) as FCN's convolutionalized net (`research.models.fcn.convolutionalize`): its
+fully connected layers are reshaped, not discarded: classifier.0 [hidden, C * 7 * 7] ->
+fc6 7x7 conv [7, 7, C, hidden], classifier.3 -> fc7 1x1, classifier.6 -> score_fr 1x1 (a
+score_fr of another class count is excluded with init.exclude and starts fresh).
 """
 
 from __future__ import annotations
@@ -38,7 +45,9 @@ from research.convert import torchvision as tv
 
 log = logging.getLogger(__name__)
 
-INIT_KEYS = ("path", "source_prefix", "target_prefix", "exclude")
+INIT_KEYS = ("path", "source_prefix", "target_prefix", "exclude", "convolutionalize")
+# FCN's convolutionalized layers and the torchvision VGG classifier layers they come from.
+CONVOLUTIONALIZED = {"fc6": "classifier.0", "fc7": "classifier.3", "score_fr": "classifier.6"}
 COLLECTIONS = ("params", "batch_stats")
 
 
@@ -93,13 +102,20 @@ def _source(spec: ConfigDict, wanted: dict) -> tuple[dict, str]:
   """{(collection, path relative to the prefixes): array} the source has for `wanted`
   ({(collection, relative path): target shape}), and a description of the source."""
   path = spec.path
+  convolutionalize = bool(spec.get("convolutionalize"))
   if isinstance(path, Mapping):  # a state_dict already in memory (API callers)
-    return _from_torchvision(tv.load_state_dict(path), wanted), "a torchvision state_dict"
+    weights = tv.load_state_dict(path)
+    if convolutionalize:
+      weights = _convolutionalize_torchvision(weights, "a torchvision state_dict")
+    return _from_torchvision(weights, wanted), "a torchvision state_dict"
   path = os.path.abspath(os.path.expanduser(os.fspath(path)))
   if os.path.isdir(path):
     flat = {}
     prefix = _split(spec.get("source_prefix"))
-    for collection, tree in _latest_checkpoint(path).items():
+    checkpoint = _latest_checkpoint(path)
+    if convolutionalize:
+      checkpoint = _convolutionalize_workdir(checkpoint, prefix, path)
+    for collection, tree in checkpoint.items():
       for p, v in traverse_util.flatten_dict(tree).items():
         if p[: len(prefix)] == prefix:
           flat[(collection, p[len(prefix) :])] = np.asarray(v)
@@ -114,7 +130,47 @@ def _source(spec: ConfigDict, wanted: dict) -> tuple[dict, str]:
       "init.source_prefix: only a workdir source has sub-trees; a state_dict is addressed by "
       f"the target's own names. Received {spec.source_prefix!r} with the file {path!r}."
     )
-  return _from_torchvision(tv.load_state_dict(path), wanted), path
+  weights = tv.load_state_dict(path)
+  if convolutionalize:
+    weights = _convolutionalize_torchvision(weights, path)
+  return _from_torchvision(weights, wanted), path
+
+
+def _convolutionalize_torchvision(weights: dict, where: str) -> dict:
+  """torchvision VGG keys -> FCN's: classifier.N.weight [out, in] become fc6 / fc7 /
+  score_fr conv weights [out, C, k, k] (in = C k k in torch's (C, H, W) flatten order, the
+  order `fcn.convolutionalize` undoes), the features.* kept."""
+  if "classifier.0.weight" not in weights:
+    raise ValueError(
+      f"init.convolutionalize: {where} has no VGG classifier (classifier.0.weight); its keys "
+      f"look like {sorted(weights)[:6]}."
+    )
+  out = {k: v for k, v in weights.items() if not k.startswith("classifier.")}
+  for name, source in CONVOLUTIONALIZED.items():
+    if f"{source}.weight" not in weights:
+      continue
+    weight = weights[f"{source}.weight"]
+    size = 7 if name == "fc6" else 1
+    out[f"{name}.weight"] = weight.reshape(weight.shape[0], -1, size, size)
+    out[f"{name}.bias"] = weights[f"{source}.bias"]
+  return out
+
+
+def _convolutionalize_workdir(checkpoint: dict, prefix: tuple[str, ...], where: str) -> dict:
+  """A VGG run's {"params": tree, ...} -> the same with its classifier convolutionalized
+  (`fcn.convolutionalize`) at `prefix` (init.source_prefix)."""
+  from research.models import fcn  # pylint: disable=import-outside-toplevel
+
+  params = checkpoint.get("params") or {}
+  for part in prefix:
+    params = params.get(part, {})
+  try:
+    converted = fcn.convolutionalize({"params": params})["params"]
+  except ValueError as e:
+    raise ValueError(f"init.convolutionalize: {where}: {e}") from e
+  for part in reversed(prefix):
+    converted = {part: converted}
+  return {**checkpoint, "params": converted}
 
 
 def _from_torchvision(weights: dict, wanted: dict) -> dict:

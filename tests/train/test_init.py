@@ -233,3 +233,77 @@ def test_the_papers_vgg16_init_fills_the_backbone_and_the_box_head_from_one_file
   assert init._prefixes(recipe.target_prefix) == [("backbone", "body"), ("roi_heads", "box_head")]
   with pytest.raises(ValueError, match=r"init.target_prefix: no parameter .* under 'roi_heads/fc'"):
     init.load({"path": str(path), "target_prefix": "backbone/body,roi_heads/fc"}, fresh)
+
+
+def _save_params(directory, params) -> None:
+  """A workdir whose one checkpoint (step 1) holds `params`."""
+  from research.train.checkpoints import Checkpointer  # pylint: disable=import-outside-toplevel
+  from research.train.state import TrainState  # pylint: disable=import-outside-toplevel
+
+  state = TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    batch_stats={},
+    opt_state={},
+    rng=jax.random.PRNGKey(0),
+    tx=None,
+  )
+  saver = Checkpointer(str(directory / "checkpoints"))
+  saver.save(1, state, {})
+  saver.close()
+
+
+def test_convolutionalize_reads_a_vgg_classifier_into_fcn_as_convolutions(tmp_path):
+  """init.convolutionalize: torchvision's VGG file (and a VGG workdir) into FCN's
+  convolutionalized net: at 224 its 1x1 score map is torch's logits (fc6 and fc7 reshaped,
+  not discarded); an FCN-32s of 3 classes takes all but score_fr, left fresh."""
+  torch = pytest.importorskip("torch")
+  torchvision = pytest.importorskip("torchvision")
+  from research.convert import torchvision as tv  # pylint: disable=import-outside-toplevel
+  from research.models import fcn, vgg  # pylint: disable=import-outside-toplevel
+
+  cfg, hidden = (4, "M", 4, "M", 8, "M", 8, "M", 8, "M"), 16
+  torch.manual_seed(0)
+  net = torchvision.models.vgg.VGG(torchvision.models.vgg.make_layers(list(cfg)), num_classes=5)
+  net.classifier = torch.nn.Sequential(  # torchvision's layout at a width of 16
+    torch.nn.Linear(8 * 7 * 7, hidden), torch.nn.ReLU(), torch.nn.Dropout(),
+    torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Dropout(),
+    torch.nn.Linear(hidden, 5),
+  )  # fmt: skip
+  net.eval()
+  path = tmp_path / "vgg.pth"
+  torch.save(net.state_dict(), path)
+  x = np.random.default_rng(0).normal(size=(1, 224, 224, 3)).astype(np.float32)
+  with torch.no_grad():
+    expected = net(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+
+  conv = fcn.ConvolutionalizedVGG(num_classes=5, cfg=cfg, hidden=hidden)
+  fresh = _fresh(conv, (1, 224, 224, 3))
+  with pytest.raises(ValueError, match=r"missing in the source: .*fc6/kernel"):
+    init.load({"path": str(path)}, fresh)  # without convolutionalize: FCN's names are absent
+  variables, report = init.load({"path": str(path), "convolutionalize": True}, fresh)
+  assert report["fresh"] == [] and report["ignored"] == []
+  scores, _ = conv.apply(variables, jnp.asarray(x))
+  assert float(np.abs(expected).mean()) > 1e-2  # not trivially zero
+  np.testing.assert_allclose(scores[:, 0, 0], expected, rtol=1e-4, atol=1e-5)
+
+  # The same VGG as this repository's classifier, from a workdir.
+  ours = tv.convert(
+    net.state_dict(), vgg.VGG(cfg=cfg, hidden=hidden, num_classes=5), input_shape=(1, 224, 224, 3)
+  )
+  _save_params(tmp_path / "run", ours["params"])
+  from_workdir, _ = init.load({"path": str(tmp_path / "run"), "convolutionalize": True}, fresh)
+  assert _equal(from_workdir["params"], variables["params"])
+
+  fcn32 = fcn.FCN32s(num_classes=3, cfg=cfg, hidden=hidden)
+  fresh32 = _fresh(fcn32, (1, 64, 64, 3))
+  loaded, report = init.load(
+    {"path": str(path), "convolutionalize": True, "exclude": ("^score_fr/",)}, fresh32
+  )
+  assert report["fresh"] == ["score_fr/bias", "score_fr/kernel"]
+  assert report["ignored"] == ["score_fr.bias", "score_fr.weight"]
+  assert _equal(loaded["params"]["fc6"], variables["params"]["fc6"])
+  headless = tmp_path / "features.pth"
+  torch.save({"features.0.weight": torch.zeros(4, 3, 3, 3)}, headless)
+  with pytest.raises(ValueError, match=r"init.convolutionalize: .* no VGG classifier"):
+    init.load({"path": str(headless), "convolutionalize": True}, fresh)
