@@ -128,7 +128,9 @@ def base() -> ConfigDict:
   c.model_kwargs = ConfigDict()
   c.dtype = "float32"  # or "bfloat16": the models' computation type
   # Pretrained weights (research.train.init): a run's workdir or a torchvision .pth file.
-  c.init = ConfigDict({"path": "", "source_prefix": "", "target_prefix": "", "exclude": ()})
+  c.init = ConfigDict(
+    {"path": "", "source_prefix": "", "target_prefix": "", "exclude": (), "convolutionalize": False}
+  )
   c.loss = "classification"
   c.dataset = "mnist5k"
   c.data_dir = config_dict.placeholder(str)

@@ -4,6 +4,8 @@ paper's VGG-16 recipe on PASCAL VOC and narrow FCNs that segment digit scenes on
 Commands, from the repository root:
 
     # The paper's stages (each from the one before; the first from torchvision's VGG-16):
+    # (VOCdevkit/VOC2011 and SBD's benchmark_RELEASE/dataset unpacked under data/; vgg16.pth
+    # is torchvision's vgg16-397923af.pth)
     python -m research.main --config=experiments/fcn_voc2012.py \\
         --workdir=workdirs/fcn32s_voc --config.init.path=vgg16.pth
     python -m research.main --config=experiments/fcn_voc2012.py:voc16 --workdir=workdirs/fcn16s_voc
@@ -30,13 +32,13 @@ them (research.train.tasks.segmentation): 1.9e-5, 1.9e-7, 1.9e-9. (The conferenc
 Images are padded to 500 x 500 (VOC's largest side; label 255 on the padding, counted
 nowhere) so that every batch has one shape and one compilation.
 Paper: mean IU on a subset of VOC 2011 val (Table 2) 59.4 (32s), 62.4 (16s), 62.7 (8s);
-FCN-8s on VOC 2012 test 62.2 (Table 3), ~175 ms per image. Ours: not run. What is
-missing: (1) the data: TFDS's voc/2012 holds boxes only; the paper trains on the 8,498 SBD
-images and validates on VOC 2011 segval, neither of which research.data.segmentation reads
-yet (the run stops with a ValueError saying so); (2) fc6 and fc7 from VGG-16's classifier
-(the paper reshapes them, `research.models.fcn.convolutionalize`): config.init maps
-torchvision's names one to one, so :voc32 loads the 13 convolutions (features.*) and leaves
-fc6, fc7 and score_fr fresh until a converted checkpoint is given.
+FCN-8s on VOC 2012 test 62.2 (Table 3), ~175 ms per image. Ours: not run (no VOC, SBD or
+ImageNet weights on this machine). The data are the paper's: `voc_segmentation`
+(research.data.voc_segmentation) with config.data.root = VOC 2011, config.data.sbd_root =
+SBD, training on "sbd:train" (8,498 images) and validating on "val-sbd:train" (VOC 2011's
+segmentation val minus SBD train: 736 images). FCN-32s starts from VGG-16's classifier with
+fc6 and fc7 reshaped into convolutions (config.init.convolutionalize; fc8's 1,000 classes
+are excluded: score_fr starts at zero).
 
 `:runlocal32`, `:runlocal16`, `:runlocal8`: the same three stages on digit_scenes/multi
 (128 x 128 scenes of 1 to 5 digits; 11 classes: background, 97.8% of the pixels, and the
@@ -120,11 +122,20 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c = base.base()
   _segmentation(c)
   c.model = f"fcn.FCN{stride}s"
-  c.dataset = "voc/2012"
+  c.dataset = "voc_segmentation"
+  c.data = ConfigDict(
+    {
+      "root": "data/VOCdevkit/VOC2011",
+      "sbd_root": "data/benchmark_RELEASE/dataset",
+      "train_split": "sbd:train",
+      "test_split": "val-sbd:train",
+    }
+  )
   c.init.path = VOC_WORKDIRS[source] if source else ""  # :voc32: torchvision's vgg16 .pth
-  # :voc32 from VGG-16: the convolutions only (module docstring); later stages: all but the
-  # new skip's score layer.
-  c.init.exclude = NEW_LAYERS.get(stride, ("^fc6/", "^fc7/", "^score_fr/"))
+  # :voc32 from VGG-16's classifier, fc6/fc7 reshaped into convs, fc8 (1,000 classes) left
+  # out; later stages: all but the new skip's score layer.
+  c.init.convolutionalize = source is None
+  c.init.exclude = NEW_LAYERS.get(stride, ("^score_fr/",))
   c.input.crop_size = 500  # pads every training image to 500 x 500 (label 255)
   c.input.eval_size = 500
   c.batch_size = 1
@@ -149,6 +160,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.input.flip_probability = 0.0  # digits are not mirror-symmetric
     c.init.path = SCENES_WORKDIRS[source] if source else ""
     c.init.exclude = NEW_LAYERS.get(stride, ())
+    c.init.convolutionalize = False
     c.batch_size = 8
     c.eval_batch_size = 100  # divides the 500 test scenes
     c.total_steps = {32: 800, 16: 500, 8: 1000}[stride]
