@@ -7,7 +7,7 @@ import os
 import pytest
 
 from research import models
-from research.data import datasets
+from research.data import datasets, segmentation
 from research.train import loop, optimizers, tasks
 from tests.conftest import ROOT
 
@@ -27,7 +27,10 @@ def test_variants_resolve(name, arg):
   except ValueError as e:
     assert "expected variant" in str(e)
     return
-  spec = datasets.get_spec(config.dataset)
+  if config.get("task") == "segmentation":  # its classes: background and the objects
+    spec = segmentation.segmentation_spec(config.dataset)
+  else:
+    spec = datasets.get_spec(config.dataset)
   model = models.resolve(config.model)(num_classes=spec.num_classes, **config.model_kwargs)
   assert model.num_classes == spec.num_classes
   assert callable(tasks.resolve(config.get("task", "classification")).loss_fn(config))

@@ -199,6 +199,11 @@ def _vgg_trunk(module, x, *, train: bool, padding: int, ceil_mode: bool, out: di
       # the conv by 100 directly crashes oneDNN's gradient when padding >= the kernel.)
       x = jnp.pad(x, ((0, 0), (padding - 1,) * 2, (padding - 1,) * 2, (0, 0)))
     x = out[f"conv{block}_{i}"] = conv(v, (3, 3), padding=1, name=f"features.{index}")(x)
+    if module.batch_norm:  # VGG-BN's layout: conv, BatchNorm, ReLU (features.N, N+1, N+2)
+      index += 1
+      x = out[f"bn{block}_{i}"] = vgg.BatchNorm(
+        use_running_average=not train, dtype=module.dtype, name=f"features.{index}"
+      )(x)
     x = out[f"relu{block}_{i}"] = nn.relu(x)
     index, i = index + 2, i + 1
   dense = functools.partial(module.conv, kernel_init=_dense_init, padding=0, dtype=module.dtype)
@@ -245,6 +250,7 @@ class ConvolutionalizedVGG(nn.Module):
   cfg: Sequence[int | str] = vgg.CONFIGS["D"]
   hidden: int = 4096
   dropout_rate: float = 0.5
+  batch_norm: bool = False
   dtype: Any = jnp.float32
   conv: ModuleDef = Conv
 
@@ -270,7 +276,9 @@ class FCN(nn.Module):
   stride: 32, 16 or 8, the variant (FCN32s, FCN16s, FCN8s). cfg, hidden (fc6/fc7
   width), dropout_rate: VGG's, smaller for tests. learnable_upsampling: names of the
   variant's upsampling layers whose kernels are parameters (default none, as the
-  reference; the paper: ("upscore2", "upscore_pool4")). conv: built as conv(features,
+  reference; the paper: ("upscore2", "upscore_pool4")). batch_norm: VGG-BN's trunk
+  (BatchNorm after each conv, torchvision's vgg16_bn names), not the paper's; for nets
+  trained from scratch. conv: built as conv(features,
   (k, k), padding=, kernel_init=, dtype=, name=). dtype: the computation dtype.
   """
 
@@ -280,6 +288,7 @@ class FCN(nn.Module):
   hidden: int = 4096
   dropout_rate: float = 0.5
   learnable_upsampling: Sequence[str] = ()
+  batch_norm: bool = False
   dtype: Any = jnp.float32
   conv: ModuleDef = Conv
 
@@ -346,12 +355,11 @@ def convolutionalize(
   `alexnet.flatten_chw`) becomes fc6 [7, 7, C, hidden], classifier.3 fc7 [1, 1, hidden,
   hidden], and classifier.6 ([hidden, K]) score_fr [1, 1, hidden, K] when num_classes is
   None or K (the classifier convolutionalized); otherwise score_fr is left out (FCN's is
-  new and zero-initialized). into: an FCN's variables (from `init`): returned with these
+  new and zero-initialized). A VGG-BN's batch_stats (features.N) come along, for an
+  FCN(batch_norm=True). into: an FCN's variables (from `init`): returned with these
   entries replaced (shapes checked), num_classes defaulting to its score_fr's.
   """
   params = vgg_variables.get("params", vgg_variables)
-  if vgg_variables.get("batch_stats"):
-    raise ValueError("convolutionalize: the VGG has batch norm; FCN's body is plain VGG.")
   if "classifier.0" not in params:
     raise ValueError(
       "convolutionalize: the VGG has no classifier (built with num_classes=0?); expected "
@@ -370,10 +378,14 @@ def convolutionalize(
   fc8 = params["classifier.6"]
   if num_classes is None or num_classes == fc8["kernel"].shape[-1]:
     new["score_fr"] = {"kernel": fc8["kernel"][None, None], "bias": fc8["bias"]}
+  # A VGG-BN's running statistics go with its features (FCN(batch_norm=True)).
+  stats = {k: dict(v) for k, v in (vgg_variables.get("batch_stats") or {}).items()}
   if into is None:
-    return {"params": new}
+    return {"params": new, **({"batch_stats": stats} if stats else {})}
   merged = dict(into)
   merged["params"] = dict(into["params"])
+  if stats:
+    merged["batch_stats"] = {**dict(into.get("batch_stats") or {}), **stats}
   for name, leaves in new.items():
     target = into["params"].get(name)
     if target is None:

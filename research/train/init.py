@@ -157,20 +157,23 @@ def _convolutionalize_torchvision(weights: dict, where: str) -> dict:
 
 
 def _convolutionalize_workdir(checkpoint: dict, prefix: tuple[str, ...], where: str) -> dict:
-  """A VGG run's {"params": tree, ...} -> the same with its classifier convolutionalized
-  (`fcn.convolutionalize`) at `prefix` (init.source_prefix)."""
+  """A VGG run's {"params": tree, "batch_stats": tree} -> the same with its classifier
+  convolutionalized (`fcn.convolutionalize`) at `prefix` (init.source_prefix)."""
   from research.models import fcn  # pylint: disable=import-outside-toplevel
 
-  params = checkpoint.get("params") or {}
-  for part in prefix:
-    params = params.get(part, {})
+  def at_prefix(tree):
+    for part in prefix:
+      tree = (tree or {}).get(part, {})
+    return tree or {}
+
+  source = {c: at_prefix(checkpoint.get(c)) for c in COLLECTIONS}
   try:
-    converted = fcn.convolutionalize({"params": params})["params"]
+    converted = fcn.convolutionalize(source)
   except ValueError as e:
     raise ValueError(f"init.convolutionalize: {where}: {e}") from e
   for part in reversed(prefix):
-    converted = {part: converted}
-  return {**checkpoint, "params": converted}
+    converted = {c: {part: tree} for c, tree in converted.items()}
+  return {**checkpoint, **converted}
 
 
 def _from_torchvision(weights: dict, wanted: dict) -> dict:

@@ -362,6 +362,37 @@ def test_convolutionalize_into_an_fcn_keeps_its_new_layers(tiny_vgg):
     fcn.convolutionalize(variables, into=init(fcn.FCN32s(num_classes=10, **TINY)))
 
 
+def test_a_vgg_bn_convolutionalizes_with_its_statistics_into_a_batch_norm_fcn():
+  """FCN(batch_norm=True) has VGG-BN's trunk (torchvision's vgg16_bn names: conv, BatchNorm,
+  ReLU at features.N, N+1, N+2); a VGG-BN's variables, running statistics included, give
+  its logits at 224."""
+  model = vgg.VGG(cfg=TINY_CFG, hidden=64, num_classes=10, batch_norm=True)
+  abstract = _abstract(model, (1, 224, 224, 3))
+  variables = _random_variables(abstract)
+  # Running statistics away from (0, 1), so that dropping them would show.
+  variables["batch_stats"] = jax.tree.map(
+    lambda v: v + 0.5 * jnp.abs(_normal(3, v.shape)), variables["batch_stats"]
+  )
+  x = _normal(1, (1, 224, 224, 3))
+  logits, _ = jax.jit(model.apply)(variables, x)
+  conv = fcn.ConvolutionalizedVGG(num_classes=10, cfg=TINY_CFG, hidden=64, batch_norm=True)
+  converted = fcn.convolutionalize(variables)
+  assert (
+    set(converted["batch_stats"])
+    == set(variables["batch_stats"])
+    == {f"features.{i}" for i in (1, 4, 8, 11, 15, 18, 21, 25, 28, 31, 35, 38, 41)}
+  )
+  scores, _ = jax.jit(conv.apply)(converted, x)
+  np.testing.assert_allclose(scores[:, 0, 0], logits, rtol=1e-4, atol=1e-4)
+  fcn8 = fcn.FCN8s(num_classes=3, cfg=TINY_CFG, hidden=64, batch_norm=True)
+  into = _zeros(_abstract(fcn8, (1, 32, 32, 3)))
+  merged = fcn.convolutionalize(variables, into=into)
+  assert set(merged["batch_stats"]) == set(into["batch_stats"])
+  np.testing.assert_array_equal(
+    merged["batch_stats"]["features.1"]["var"], variables["batch_stats"]["features.1"]["var"]
+  )
+
+
 # FCN-ResNet.
 
 

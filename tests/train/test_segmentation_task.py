@@ -59,6 +59,54 @@ def test_the_loss_is_the_mean_cross_entropy_of_the_pixels_not_labelled_255():
     segmentation.loss_fn(ConfigDict({"loss": "classification"}))
 
 
+def test_class_weights_weigh_each_pixel_by_its_class_and_bad_weights_are_errors():
+  """config.class_weights: sum(w[y] ce) / sum(w[y]) over the valid pixels (the paper's
+  class balancing by weighting the loss); all-equal weights give the plain loss."""
+  rng = np.random.default_rng(1)
+  logits = rng.normal(size=(2, 5, 6, 3)).astype(np.float32) * 3
+  labels = rng.integers(0, 3, (2, 5, 6)).astype(np.int32)
+  labels[0, 0] = 255
+  weights = (0.5, 2.0, 7.0)
+  loss = segmentation.loss_fn(ConfigDict({"class_weights": weights}))
+  got = float(loss((jnp.asarray(logits), {}), {"labels": labels})["loss"])
+  shifted = logits.astype(np.float64) - logits.max(-1, keepdims=True)
+  log_p = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+  valid = labels != 255
+  ce = -np.take_along_axis(log_p, np.where(valid, labels, 0)[..., None], -1)[..., 0][valid]
+  w = np.asarray(weights)[labels[valid]]
+  assert got == pytest.approx((w * ce).sum() / w.sum(), rel=1e-5)
+  equal = segmentation.loss_fn(ConfigDict({"class_weights": (3.0, 3.0, 3.0)}))
+  plain = segmentation.loss_fn(ConfigDict({}))
+  assert float(equal((logits, {}), {"labels": labels})["loss"]) == pytest.approx(
+    float(plain((logits, {}), {"labels": labels})["loss"]), rel=1e-5
+  )
+  with pytest.raises(ValueError, match=r"class_weights: expected one positive number"):
+    segmentation.loss_fn(ConfigDict({"class_weights": (1.0, -1.0, 1.0)}))
+  with pytest.raises(ValueError, match=r"class_weights: expected 4 weights \(num_classes\)"):
+    segmentation.loss_fn(ConfigDict({"class_weights": weights, "num_classes": 4}))
+  with pytest.raises(ValueError, match=r"expected one weight per class, 3 .* received 2"):
+    segmentation.loss_fn(ConfigDict({"class_weights": (1.0, 2.0)}))(
+      (logits, {}), {"labels": labels}
+    )
+
+
+def test_the_scenes_class_frequencies_are_the_training_labels_and_weigh_pixels_to_one():
+  """fcn_voc2012's class weights come from the training scenes' pixel counts (recounted on
+  the first 1,000 scenes), and a pixel's mean weight is 1."""
+  source = data.segmentation_source("digit_scenes/multi", "train[:1000]")
+  counts = sum(np.bincount(source[i]["labels"].ravel(), minlength=11) for i in range(len(source)))
+  measured = counts / counts.sum()
+  expected = np.asarray(fcn_voc2012.SCENES_CLASS_FREQUENCIES)
+  assert expected.sum() == pytest.approx(1.0, abs=1e-4)
+  assert measured[0] == pytest.approx(expected[0], abs=2e-3)
+  np.testing.assert_allclose(measured[1:], expected[1:], rtol=0.2)
+  weights = np.asarray(fcn_voc2012.balanced_weights(expected))
+  assert (weights * expected).sum() == pytest.approx(1.0, abs=1e-3)
+  np.testing.assert_allclose(
+    weights[1:] / weights[0], (expected[0] / expected[1:]) ** 0.5, rtol=1e-3
+  )
+
+
 def test_the_evaluator_sums_the_confusion_of_a_split_into_segmentation_metrics():
   """Batches with padded rows (mask False) and 255s: the summed device sums give exactly the
   numbers `segmentation_metrics` gives on all the real rows at once."""
@@ -90,7 +138,7 @@ def test_the_evaluator_sums_the_confusion_of_a_split_into_segmentation_metrics()
 
 def _config(stride: int) -> ConfigDict:
   c = fcn_voc2012.get_config(f"runlocal{stride}")
-  c.model_kwargs = ConfigDict(TINY)
+  c.model_kwargs.update(TINY)  # the experiment's net (batch norm, learned upsampling), narrower
   c.train_split = "train[:16]"
   c.batch_size = 4
   c.eval_batch_size = 4
@@ -114,13 +162,22 @@ def test_fcn32s_trains_on_digit_scenes_and_fcn16s_starts_from_its_workdir(tmp_pa
   for name in ("learning_curves.png", "predictions_test_8.png"):
     assert os.path.getsize(os.path.join(workdir, "figures", name)) > 0
 
-  # FCN-16s from FCN-32s's workdir: every shared variable loaded, score_pool4 left at zero.
+  # FCN-16s from FCN-32s's workdir: every shared variable loaded (batch norm statistics
+  # too), score_pool4 left at zero, the new learned upsamplings bilinear.
   c16 = _config(16)
   c16.init.path = workdir
   model = loop.build_model(c16, 11)
   fresh = jax.jit(model.init)(jax.random.key(1), jnp.zeros((1, 16, 16, 3)))
-  variables, report = init.load(c16.init, {"params": fresh["params"], "batch_stats": {}})
-  assert report["fresh"] == ["score_pool4/bias", "score_pool4/kernel"]
+  variables, report = init.load(c16.init, dict(fresh))
+  assert report["fresh"] == [
+    "score_pool4/bias",
+    "score_pool4/kernel",
+    "upscore16/kernel",
+    "upscore2/kernel",
+  ]
+  assert report["ignored"] == ["upscore/kernel"]  # FCN-32s's 64 x 64 upsampling
+  stats = init._latest_checkpoint(workdir)["batch_stats"]["features.1"]["mean"]
+  np.testing.assert_array_equal(variables["batch_stats"]["features.1"]["mean"], stats)
   source = init._latest_checkpoint(workdir)["params"]
   for name in ("features.0", "fc6", "fc7", "score_fr"):
     np.testing.assert_array_equal(variables["params"][name]["kernel"], source[name]["kernel"])
@@ -129,7 +186,9 @@ def test_fcn32s_trains_on_digit_scenes_and_fcn16s_starts_from_its_workdir(tmp_pa
   c16.evals[0].figure_images = 0
   results16 = loop.train_and_evaluate(c16, str(tmp_path / "fcn16s"))
   assert 0.0 <= results16["test_mean_iu"] <= 1.0
-  assert results16["param_count"] == results["param_count"] + 8 * 11 + 11  # score_pool4
+  upsampling = lambda k: k * k * 11 * 11  # noqa: E731  a learned [k, k, C, C] kernel
+  added = 8 * 11 + 11 + upsampling(4) + upsampling(32) - upsampling(64)  # score_pool4, ...
+  assert results16["param_count"] == results["param_count"] + added
 
 
 def test_the_task_resolves_and_bad_settings_are_errors():

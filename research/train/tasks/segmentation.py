@@ -28,6 +28,7 @@ scenes.
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import re
@@ -72,29 +73,57 @@ def _pixel_losses(logits, labels):
   return jnp.where(valid, ce, 0.0), valid
 
 
-def segmentation_loss(outputs, batch) -> dict:
+def segmentation_loss(outputs, batch, class_weights=None) -> dict:
   """Per-pixel softmax cross-entropy; `outputs` = (logits [B, H, W, C], out), batch["labels"]
   int [B, H, W] with 255 ignored.
 
   Returns {"loss": the mean over the batch's valid pixels (the paper sums them: see the
   module docstring), "pixel_accuracy": the fraction of valid pixels predicted right}, in
   float32 whatever the logits' dtype. A batch without valid pixels has loss 0.
+  class_weights: None, or [C] weights w: the loss is sum(w[y] ce) / sum(w[y]) over the
+  valid pixels (the paper's Section 4.3 "class balancing ... by weighting the loss").
   """
   logits = _logits(outputs, "segmentation_loss")
   ce, valid = _pixel_losses(logits, batch["labels"])
   count = jnp.maximum(valid.sum(), 1).astype(jnp.float32)
   right = (jnp.argmax(logits, -1) == batch["labels"]) & valid
-  return {"loss": ce.sum() / count, "pixel_accuracy": right.sum() / count}
+  if class_weights is None:
+    loss = ce.sum() / count
+  else:
+    if len(class_weights) != logits.shape[-1]:
+      raise ValueError(
+        f"class_weights: expected one weight per class, {logits.shape[-1]} (the logits' last "
+        f"axis); received {len(class_weights)}."
+      )
+    weights = jnp.asarray(class_weights, jnp.float32)[jnp.where(valid, batch["labels"], 0)]
+    weights = jnp.where(valid, weights, 0.0)
+    loss = (weights * ce).sum() / jnp.maximum(weights.sum(), 1e-12)
+  return {"loss": loss, "pixel_accuracy": right.sum() / count}
 
 
 def loss_fn(config: ConfigDict):
-  """`segmentation_loss`; config.loss, where set, must say "segmentation"."""
+  """`segmentation_loss`, weighted by `config.class_weights` where given (a sequence of C
+  positive numbers; empty or absent: unweighted, the paper's); config.loss, where set, must
+  say "segmentation"."""
   if config.get("loss", "segmentation") != "segmentation":
     raise ValueError(
       f"loss: the segmentation task's loss is 'segmentation' (per-pixel cross-entropy); "
       f"received {config.loss!r}."
     )
-  return segmentation_loss
+  weights = config.get("class_weights") or ()
+  if not weights:
+    return segmentation_loss
+  weights = np.asarray(weights, np.float64)
+  classes = config.get("num_classes")
+  if weights.ndim != 1 or not np.all(np.isfinite(weights)) or np.any(weights <= 0):
+    raise ValueError(
+      f"class_weights: expected one positive number per class; received {list(weights)}."
+    )
+  if classes and len(weights) != classes:
+    raise ValueError(
+      f"class_weights: expected {classes} weights (num_classes); received {len(weights)}."
+    )
+  return functools.partial(segmentation_loss, class_weights=tuple(float(w) for w in weights))
 
 
 def input_fns(config: ConfigDict, num_classes: int) -> Inputs:
