@@ -69,9 +69,10 @@ training loss was still falling when the cosine schedule ended. Its mistakes
 strokes.
 Why 0.75 is out of reach here, measured (benchmarks/fcn_bound.py): a perfect network of
 output stride s behind FCN's fixed bilinear upsampling is a free score map fitted to each
-scene by Adam on the per-pixel loss; it reaches mean IU 0.50 at stride 8 (100 test scenes,
-800 steps), 0.82 at stride 4 and 0.995 at stride 2 (50 scenes, 400 steps): the ink is finer
-than FCN-8s's cells, so the reference's FCN-8s cannot pass 0.50 on these labels whatever its training.
+scene by Adam on the per-pixel loss; it reaches mean IU 0.49 at stride 8 (100 test scenes,
+400 steps), 0.82 at stride 4 and 0.995 at stride 2 (50 scenes, 400 steps): the ink is finer
+than FCN-8s's cells, so the reference's FCN-8s cannot pass about 0.5 on these labels
+whatever its training.
 With a learned 16 x 16 upsampling shared by all scenes the same fit reaches 0.95 (50
 scenes, 400 steps): hence the learned upsamplings. Without batch norm and class weights
 the net does not leave the all-background answer (mean IU 0.089: the background's IU over
