@@ -253,6 +253,7 @@ def compare_stages(model, variables, config, workdir, transform) -> dict:
   from research.data import segmentation as data
   from research.predict_segmentation import Segmenter
   from research.train.tasks.segmentation import IGNORE, palette
+  from research.train.writer import read_metrics
 
   log = logging.getLogger(__name__)
   runs, path = {}, config.init.get("path")
@@ -296,8 +297,6 @@ def compare_stages(model, variables, config, workdir, transform) -> dict:
       ax.imshow(picture, cmap=cmap, interpolation="nearest")
       ax.set_title(title, fontsize=8)
       ax.axis("off")
-  from research.train.writer import read_metrics
-
   evaluated = [r["test_mean_iu"] for r in read_metrics(workdir) if "test_mean_iu" in r]
   if evaluated:  # this run's final evaluation, written before the analysis
     numbers["8s"] = evaluated[-1]
@@ -307,7 +306,7 @@ def compare_stages(model, variables, config, workdir, transform) -> dict:
       f"{titles[k]} " + ("n/a" if v is None else f"{v:.3f}")
       for k, v in sorted(numbers.items(), key=lambda kv: -int(kv[0][:-1]))
     )
-    + f" ({len(records)} of the 500 test scenes shown)",
+    + f" ({len(records)} of the {len(source)} test scenes shown)",
     fontsize=9,
   )
   fig.tight_layout()
