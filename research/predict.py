@@ -287,6 +287,56 @@ def _compiled(model):
   return jax.jit(functools.partial(model.apply, train=False))
 
 
+def read_run_image(workdir: str, config: ConfigDict, image_path: str) -> np.ndarray:
+  """The image file at `image_path` as uint8 [H, W, C] with the run's data set's channels,
+  after checking that the run has a checkpoint (an error before the image is read)."""
+  from research.data import sources  # pylint: disable=import-outside-toplevel
+
+  _manager(workdir).close()
+  spec, _ = sources.from_config(config)
+  return load_image(image_path, int(spec.image_shape[-1] or 3))
+
+
+def load_run_config(workdir: str, tasks: tuple[str, ...]) -> ConfigDict:
+  """`load_config(workdir, tasks)`, after checking that the run has a checkpoint: an error
+  before anything is built."""
+  config = load_config(workdir, tasks)
+  _manager(workdir).close()
+  return config
+
+
+@dataclasses.dataclass(frozen=True)
+class RunParts:
+  """What a run's config gives every predictor: its task module, data set spec, class count
+  (config.num_classes or the spec's), the task's `Inputs` (transforms), class names by label
+  and the images' channels (1 or 3)."""
+
+  task: object
+  spec: object
+  num_classes: int
+  inputs: object
+  class_names: list[str]
+  channels: int
+
+  @classmethod
+  def of(cls, config: ConfigDict) -> RunParts:
+    # pylint: disable=import-outside-toplevel
+    from research.data import sources
+    from research.train import tasks
+
+    task = tasks.resolve(config.get("task", "classification"))
+    spec, _ = sources.from_config(config)
+    num_classes = config.get("num_classes") or spec.num_classes
+    return cls(
+      task=task,
+      spec=spec,
+      num_classes=num_classes,
+      inputs=task.input_fns(config, num_classes),
+      class_names=class_names(config, spec, num_classes),
+      channels=int(spec.image_shape[-1] or 3),
+    )
+
+
 @dataclasses.dataclass
 class Detector:
   """A restored detector of a workdir; `detector(image)` -> detections of one image.
@@ -309,24 +359,16 @@ class Detector:
   @classmethod
   def load(cls, workdir: str, step: int | None = None) -> Detector:
     """The detector of `workdir` at checkpoint `step` (None: the newest)."""
-    config = load_config(workdir, DETECTION_TASKS)
-    _manager(workdir).close()  # no checkpoint: an error before anything is built
-    return cls._build(workdir, config, step)
+    return cls._build(workdir, load_run_config(workdir, DETECTION_TASKS), step)
 
   @classmethod
   def _build(cls, workdir: str, config: ConfigDict, step: int | None) -> Detector:
-    # pylint: disable=import-outside-toplevel
-    from research.data import detection as detection_data
-    from research.data import sources
-    from research.train import tasks
+    from research.data import detection as detection_data  # pylint: disable=import-outside-toplevel
 
-    task = tasks.resolve(config.get("task", "classification"))
-    spec, _ = sources.from_config(config)
-    num_classes = config.get("num_classes") or spec.num_classes
-    inputs = task.input_fns(config, num_classes)
+    parts = RunParts.of(config)
     # A user's image is a schema record: it goes to the transform inside the task's
     # eval_record (which would also drop masks).
-    transform = getattr(inputs.eval_record, "transform", inputs.eval_record)
+    transform = getattr(parts.inputs.eval_record, "transform", parts.inputs.eval_record)
     if not isinstance(transform, detection_data.DetectionTransform):
       raise ValueError(
         f"--workdir: predict needs a task whose eval_record holds a DetectionTransform; task "
@@ -337,13 +379,13 @@ class Detector:
       workdir=os.path.abspath(workdir),
       step=step,
       config=config,
-      model=build_model(config, num_classes),
+      model=build_model(config, parts.num_classes),
       variables=variables,
       transform=transform,
-      batch_transform=inputs.transform,
-      model_kwargs=task.model_kwargs,
-      class_names=class_names(config, spec, num_classes),
-      channels=int(spec.image_shape[-1] or 3),
+      batch_transform=parts.inputs.transform,
+      model_kwargs=parts.task.model_kwargs,
+      class_names=parts.class_names,
+      channels=parts.channels,
     )
 
   def __call__(self, image: np.ndarray, score_threshold: float = 0.5) -> list[dict]:
@@ -513,11 +555,7 @@ def predict(
       f"--score-threshold: expected a finite number (scores lie in [0, 1]); received "
       f"{score_threshold!r}."
     )
-  _manager(workdir).close()  # no checkpoint: an error before the image is read
-  from research.data import sources  # pylint: disable=import-outside-toplevel
-
-  spec, _ = sources.from_config(config)
-  image = load_image(image_path, int(spec.image_shape[-1] or 3))
+  image = read_run_image(workdir, config, image_path)
   detector = Detector._build(workdir, config, step)
   detections = detector(image, score_threshold)
   out = os.path.expanduser(out or default_figure(workdir, image_path))

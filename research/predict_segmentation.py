@@ -25,19 +25,19 @@ import os
 import numpy as np
 from ml_collections import ConfigDict
 
+from research.data import segmentation as segmentation_data
 from research.predict import (
   SEGMENTATION_TASKS,
+  RunParts,
   _compiled,
-  _manager,
   build_model,
-  class_names,
   default_figure,
-  load_config,
-  load_image,
+  load_run_config,
+  read_run_image,
   restore_variables,
 )
 
-IGNORE = 255  # research.data.segmentation.IGNORE: not a class, so at most 255 classes
+IGNORE = segmentation_data.IGNORE  # not a class, so at most 255 classes
 
 
 @dataclasses.dataclass
@@ -61,26 +61,17 @@ class Segmenter:
   @classmethod
   def load(cls, workdir: str, step: int | None = None) -> Segmenter:
     """The segmenter of `workdir` at checkpoint `step` (None: the newest)."""
-    config = load_config(workdir, SEGMENTATION_TASKS)
-    _manager(workdir).close()  # no checkpoint: an error before anything is built
-    return cls._build(workdir, config, step)
+    return cls._build(workdir, load_run_config(workdir, SEGMENTATION_TASKS), step)
 
   @classmethod
   def _build(cls, workdir: str, config: ConfigDict, step: int | None) -> Segmenter:
-    # pylint: disable=import-outside-toplevel
-    from research.data import segmentation as segmentation_data
-    from research.data import sources
-    from research.train import tasks
-
-    task = tasks.resolve(config.get("task", "classification"))
-    spec, _ = sources.from_config(config)
-    num_classes = config.get("num_classes") or spec.num_classes
-    if not 1 <= num_classes <= IGNORE:
+    parts = RunParts.of(config)
+    if not 1 <= parts.num_classes <= IGNORE:
       raise ValueError(
         f"--workdir: a label map holds class ids 0..254 (255 is 'ignored'); the run of "
-        f"{workdir!r} has {num_classes} classes."
+        f"{workdir!r} has {parts.num_classes} classes."
       )
-    transform = task.input_fns(config, num_classes).transform
+    transform = parts.inputs.transform
     if not isinstance(transform, segmentation_data.SegmentationTransform):
       raise ValueError(
         f"--workdir: predict needs a task whose transform is a SegmentationTransform; task "
@@ -91,12 +82,12 @@ class Segmenter:
       workdir=os.path.abspath(workdir),
       step=step,
       config=config,
-      model=build_model(config, num_classes),
+      model=build_model(config, parts.num_classes),
       variables=variables,
       transform=transform,
-      model_kwargs=task.model_kwargs,
-      class_names=class_names(config, spec, num_classes),
-      channels=int(spec.image_shape[-1] or 3),
+      model_kwargs=parts.task.model_kwargs,
+      class_names=parts.class_names,
+      channels=parts.channels,
     )
 
   def logits(self, image: np.ndarray) -> np.ndarray:
@@ -249,11 +240,7 @@ def predict(
   file at `image_path`; saves the label map's PNG at `label_map` (None: beside the figure,
   <figure stem>_labels.png) and the figure at `out` (None: workdir/figures/predict_<image
   stem>.png); returns {"image", "workdir", "step", "figure", "label_map", "classes"}."""
-  from research.data import sources  # pylint: disable=import-outside-toplevel
-
-  _manager(workdir).close()  # no checkpoint: an error before the image is read
-  spec, _ = sources.from_config(config)
-  image = load_image(image_path, int(spec.image_shape[-1] or 3))
+  image = read_run_image(workdir, config, image_path)
   out = os.path.expanduser(out or default_figure(workdir, image_path))
   labels_path = os.path.expanduser(label_map or os.path.splitext(out)[0] + "_labels.png")
   if os.path.abspath(labels_path) == os.path.abspath(out):

@@ -104,6 +104,31 @@ def multi_test_scenes(count: int) -> list[dict]:
   return [record for _, record in itertools.islice(gen, count)]
 
 
+def one_step(config, evaluator: dict):
+  """`config` trimmed to one training step of batch 1, checkpointed, with the one evaluator
+  `evaluator` (a dict of its keys); returns it."""
+  from ml_collections import ConfigDict  # pylint: disable=import-outside-toplevel
+
+  config.batch_size = config.eval_batch_size = 1
+  config.total_steps = config.log_every_steps = config.checkpoint_every_steps = 1
+  config.evals = [ConfigDict(evaluator)]
+  return config
+
+
+def scene_pngs(root) -> tuple[str, str]:
+  """(PNG of test scene 0 of digit_scenes/multi, 128x128; the same enlarged to 256x192)
+  written under `root`: the images a predictor reads from files."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+
+  from research.data import datasets  # pylint: disable=import-outside-toplevel
+
+  scene = datasets.data_source("digit_scenes/multi", "test")[0]["image"][..., 0]
+  small, big = str(root / "scene.png"), str(root / "scene_big.png")
+  Image.fromarray(scene).save(small)
+  Image.fromarray(scene).resize((256, 192), Image.Resampling.BILINEAR).save(big)
+  return small, big
+
+
 def write_coco_format(directory, scenes, *, stem: str = "scene") -> tuple[str, str]:
   """digit_scenes/multi records (as the builder stores them) written as a COCO-format data set:
   PNG images in `directory`/images and `directory`/annotations.json, whose categories are the

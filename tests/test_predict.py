@@ -19,7 +19,7 @@ from PIL import Image
 
 from research import predict
 from research.data import datasets
-from tests.conftest import ROOT, subprocess_env
+from tests.conftest import ROOT, one_step, scene_pngs, subprocess_env
 
 KEYS = {"box", "label", "class_name", "score"}
 
@@ -34,21 +34,11 @@ def trained(tmp_path_factory):
   root = tmp_path_factory.mktemp("predict")
   c = mask_rcnn_coco.get_config("runlocal")
   c.init.path = ""  # the pretrained classifier is another experiment's run
-  c.batch_size = 1
-  c.eval_batch_size = 1
-  c.total_steps = 1
-  c.log_every_steps = 1
-  c.checkpoint_every_steps = 1
-  c.evals = [
-    ConfigDict({"type": "detection_ap", "split": "test[:1]", "prefix": "test_", "every_steps": 0})
-  ]
+  one_step(c, {"type": "detection_ap", "split": "test[:1]", "prefix": "test_", "every_steps": 0})
   workdir = str(root / "run")
   results = loop.train_and_evaluate(c, workdir)
   assert 0 <= results["test_mask_ap"] <= 1  # masks went through the task and the evaluator
-  scene = datasets.data_source("digit_scenes/multi", "test")[0]["image"][..., 0]
-  small, big = str(root / "scene.png"), str(root / "scene_big.png")
-  Image.fromarray(scene).save(small)
-  Image.fromarray(scene).resize((256, 192), Image.Resampling.BILINEAR).save(big)
+  small, big = scene_pngs(root)
   return workdir, small, big
 
 

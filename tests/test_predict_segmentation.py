@@ -13,13 +13,11 @@ import sys
 
 import numpy as np
 import pytest
-from ml_collections import ConfigDict
 from PIL import Image
 
 from research import predict, predict_segmentation
-from research.data import datasets
 from research.train.tasks.segmentation import palette
-from tests.conftest import ROOT, subprocess_env
+from tests.conftest import ROOT, one_step, scene_pngs, subprocess_env
 
 NUM_CLASSES = 11  # digit_scenes/multi: background and the ten digits
 KEYS = {"image", "workdir", "step", "figure", "label_map", "classes"}
@@ -33,30 +31,15 @@ def segmented(tmp_path_factory):
   from research.train import loop  # pylint: disable=import-outside-toplevel
 
   root = tmp_path_factory.mktemp("predict_segmentation")
-  c = fcn_voc2012.get_config("runlocal32")
-  c.batch_size = 1
-  c.eval_batch_size = 1
-  c.total_steps = 1
-  c.log_every_steps = 1
-  c.checkpoint_every_steps = 1
-  c.evals = [
-    ConfigDict(
-      {
-        "type": "segmentation",
-        "split": "test[:1]",
-        "prefix": "test_",
-        "every_steps": 0,
-        "figure_images": 0,
-      }
-    )
-  ]
+  c = one_step(
+    fcn_voc2012.get_config("runlocal32"),
+    {"type": "segmentation", "split": "test[:1]", "prefix": "test_", "every_steps": 0,
+     "figure_images": 0},
+  )  # fmt: skip
   workdir = str(root / "run")
   results = loop.train_and_evaluate(c, workdir)
   assert 0 <= results["test_mean_iu"] <= 1
-  scene = datasets.data_source("digit_scenes/multi", "test")[0]["image"][..., 0]
-  small, big = str(root / "scene.png"), str(root / "scene_big.png")
-  Image.fromarray(scene).save(small)
-  Image.fromarray(scene).resize((256, 192), Image.Resampling.BILINEAR).save(big)
+  small, big = scene_pngs(root)
   return workdir, small, big
 
 

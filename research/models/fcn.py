@@ -321,22 +321,24 @@ class FCN(nn.Module):
       learnable = layer in self.learnable_upsampling
       return BilinearUpsampling(layers[layer], learnable, dtype=self.dtype, name=layer)(y)
 
+    def fuse(y, pool):
+      """y plus pool's scores (a zero-started 1x1 conv), cropped to y's size."""
+      skip = out[f"score_{pool}"] = _score(self, out[pool], f"score_{pool}")
+      skip = out[f"score_{pool}c"] = _crop(skip, CROPS[f"score_{pool}c"], y.shape[1:3])
+      return y + skip
+
     if self.stride == 32:
       score = out["upscore"] = upsample(score, "upscore")
     else:
       score = out["upscore2"] = upsample(score, "upscore2")
-      skip = out["score_pool4"] = _score(self, out["pool4"], "score_pool4")
-      skip = out["score_pool4c"] = _crop(skip, CROPS["score_pool4c"], score.shape[1:3])
-      score = out["fuse_pool4"] = score + skip
+      score = out["fuse_pool4"] = fuse(score, "pool4")
       if self.stride == 16:
         score = out["upscore16"] = upsample(score, "upscore16")
       else:
         score = out["upscore_pool4"] = upsample(score, "upscore_pool4")
-        skip = out["score_pool3"] = _score(self, out["pool3"], "score_pool3")
-        skip = out["score_pool3c"] = _crop(skip, CROPS["score_pool3c"], score.shape[1:3])
-        score = out["fuse_pool3"] = score + skip
+        score = out["fuse_pool3"] = fuse(score, "pool3")
         score = out["upscore8"] = upsample(score, "upscore8")
-    final = {32: "upscore", 16: "upscore16", 8: "upscore8"}[self.stride]
+    final = UPSAMPLING[self.stride][-1][0]  # the last upsampling's crop
     logits = out["score"] = _crop(score, CROPS[final], size)
     return logits, out
 
