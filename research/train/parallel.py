@@ -15,7 +15,6 @@ from collections.abc import Callable
 
 import jax
 import numpy as np
-from flax import jax_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -35,6 +34,8 @@ class DataParallel:
     self.mesh = Mesh(np.asarray(jax.devices()), (AXIS,))
     self.replicated = NamedSharding(self.mesh, P())
     self.sharded = NamedSharding(self.mesh, P(AXIS))
+    # pmap's placement: the leading axis over this process's devices.
+    self.local = NamedSharding(Mesh(np.asarray(jax.local_devices()), (AXIS,)), P(AXIS))
 
   def check_batch_size(self, global_batch_size: int, name: str = "batch_size") -> None:
     local = local_batch_size(global_batch_size)
@@ -64,7 +65,15 @@ class DataParallel:
   def put_state(self, state):
     """A host or single-device state -> replicated on the devices."""
     if self.mode == "pmap":
-      return jax_utils.replicate(state, jax.local_devices())
+      # One replica per local device, placed as pmap places its outputs (sharded over a
+      # mesh axis named AXIS): jax_utils.replicate's arrays name their axis otherwise, and
+      # pmap, keyed on its inputs' placement, would compile the step a second time on the
+      # second call, when it is handed its own outputs.
+      n = jax.local_device_count()
+      return jax.tree.map(
+        lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (n, *np.shape(x))), self.local),
+        state,
+      )
     return jax.device_put(state, self.replicated)
 
   def put_batch(self, batch: dict) -> dict:
