@@ -4,8 +4,26 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import jax
+
+
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported without torch: tensorboardX imports torch, where
+  it is installed, only to accept torch tensors (2 s at the start of every run); the writer
+  is given floats. A torch imported before stays; one imported later is torch itself."""
+  if "torch" in sys.modules:
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+
+    return SummaryWriter
+  sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX catches
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+  finally:
+    if sys.modules.get("torch", 0) is None:
+      del sys.modules["torch"]
+  return SummaryWriter
 
 
 class MetricWriter:
@@ -26,9 +44,9 @@ class MetricWriter:
       keep = [line for line in lines if json.loads(line)["step"] <= resume_step]
       with open(self.path, "w") as f:
         f.writelines(keep)
-    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-
-    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step + 1)
+    self._tb = _summary_writer_class()(
+      os.path.join(workdir, "tensorboard"), purge_step=resume_step + 1
+    )
 
   def write(self, step: int, split: str, metrics: dict) -> None:
     if not self.active:
