@@ -51,9 +51,10 @@ def init_variables(model: nn.Module, rngs, input_shape, **kwargs) -> dict:
   one program.
 
   model.init outside jit runs op by op, and each initializer and each layer of the forward
-  pass on the zero batch compiles on its own: 600 programs and 28 s for GoogLeNet, 19 s for
-  the Faster R-CNN of `faster_rcnn_voc2007:runlocal`, against 13 s and 4 s here (two cores,
-  no compilation cache). The forward pass, whose result init throws away, is removed by XLA.
+  pass on the zero batch compiles on its own: 600 programs and 27 s for GoogLeNet at 224, 14 s
+  for the Faster R-CNN of `faster_rcnn_voc2007:runlocal`, against 8 s and 4 s here (two
+  cores, no compilation cache, 2026-12-07). The forward pass, whose result init throws away,
+  is removed by XLA.
 
   Args:
     model: a flax module.
