@@ -45,32 +45,6 @@ def pytest_xdist_auto_num_workers(config):
   return min(2, len(os.sched_getaffinity(0)))
 
 
-# The files of a minute or more (measured in the README's test command), in the order the
-# workers start them: xdist's loadfile then hands out the rest, many short files, to
-# whichever worker is free, so the two end together. (By default xdist starts the files
-# with the most tests, and a two-minute file of one or two tests came last, alone.)
-SLOW_FILES = (
-  "test_notebooks.py",
-  "models/test_layers.py",
-  "train/test_detection_runs.py",
-  "train/test_parallel.py",
-  "models/test_backbones.py",
-  "train/test_rcnn_runs.py",
-  "train/test_loop.py",
-  "ops/test_pooling.py",
-  "detection/test_mask_rcnn.py",
-)
-
-
-def pytest_collection_modifyitems(config, items):
-  del config
-  rank = {os.path.join(ROOT, "tests", *name.split("/")): i for i, name in enumerate(SLOW_FILES)}
-  missing = [path for path in rank if not os.path.isfile(path)]
-  if missing:  # a renamed file would silently lose its place
-    raise pytest.UsageError(f"tests/conftest.py SLOW_FILES: no such files {missing}")
-  items.sort(key=lambda item: rank.get(str(item.path), len(SLOW_FILES)))
-
-
 def pytest_unconfigure(config):
   del config
   if _OWN_CACHE:
