@@ -148,6 +148,34 @@ def _run(code, **env):
   )
 
 
+@needs_onednn
+def test_a_primitive_runs_on_a_thread_other_than_the_one_that_created_it():
+  """AlexNet's conv1 at its smallest input, which oneDNN computes by im2col and a gemm where
+  the CPU has no AVX-512, created by one thread's call and run by the next thread's (as XLA
+  runs a cached primitive on any of its threads). With oneDNN's library-managed scratchpad,
+  which is per thread, the second call wrote through a null pointer (SIGSEGV on an AMD
+  EPYC with AVX2); the primitives now take their scratchpad from the extension."""
+  code = """
+  import threading
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from research.ops import onednn
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 63, 63, 3)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(11, 11, 3, 64)), jnp.float32)
+  conv = jax.jit(lambda x, w: onednn.conv2d(x, w, strides=(4, 4), padding=((2, 2), (2, 2))))
+  first = []
+  thread = threading.Thread(target=lambda: first.append(np.asarray(conv(x, w))))
+  thread.start()
+  thread.join()
+  print(float(np.abs(np.asarray(conv(x, w)) - first[0]).max()))
+  """
+  result = _run(code)
+  assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+  assert float(result.stdout.split()[-1]) == 0.0
+
+
 LOAD = """
 from research.ops.onednn import build
 print(build.load().research_onednn_abi(), build.library_path())

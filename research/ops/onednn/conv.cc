@@ -43,6 +43,16 @@ dnnl::stream& Stream() {
   return stream;
 }
 
+// The primitives' scratchpads are ours (Scratch), not oneDNN's library-managed one: with
+// that one, oneDNN 3.2's gemm-based convolutions (im2col; e.g. AlexNet's 11x11 stride-4
+// conv1 on three channels, on a CPU without AVX-512) crashed the process after the first
+// call in some programs.
+dnnl::primitive_attr Attr() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
 struct Geometry {
   int64_t n, h, w, c;      // input images (c: all channels)
   int64_t oh, ow, o;       // output
@@ -85,7 +95,7 @@ struct Geometry {
 
   dnnl::convolution_forward::primitive_desc ForwardDesc(dnnl::prop_kind prop) const {
     return {Engine(), prop, dnnl::algorithm::convolution_direct, Src(), AnyWeights(), Bias(),
-            Dst(), Strides(), Dilation(), PadL(), PadR()};
+            Dst(), Strides(), Dilation(), PadL(), PadR(), Attr()};
   }
 };
 
@@ -96,6 +106,7 @@ struct Entry {
   memory blocked;             // weights in the primitive's layout
   dnnl::reorder reorder;      // between the two; empty when the layouts agree
   bool reordered = false;
+  memory::desc scratch;       // the primitive's scratchpad, placed in Scratch() per call
 };
 
 std::unordered_map<std::string, Entry>& Cache() {
@@ -120,20 +131,23 @@ Entry& Lookup(const Geometry& g, char kind) {
     auto pd = g.ForwardDesc(dnnl::prop_kind::forward_inference);
     entry.primitive = dnnl::convolution_forward(pd);
     weights = pd.weights_desc();
+    entry.scratch = pd.scratchpad_desc();
   } else if (kind == 'd') {
     auto hint = g.ForwardDesc(dnnl::prop_kind::forward_training);
     dnnl::convolution_backward_data::primitive_desc pd(
         Engine(), dnnl::algorithm::convolution_direct, g.Src(), g.AnyWeights(), g.Dst(),
-        g.Strides(), g.Dilation(), g.PadL(), g.PadR(), hint);
+        g.Strides(), g.Dilation(), g.PadL(), g.PadR(), hint, Attr());
     entry.primitive = dnnl::convolution_backward_data(pd);
     weights = pd.weights_desc();
+    entry.scratch = pd.scratchpad_desc();
   } else {
     auto hint = g.ForwardDesc(dnnl::prop_kind::forward_training);
     dnnl::convolution_backward_weights::primitive_desc pd(
         Engine(), dnnl::algorithm::convolution_direct, g.Src(), g.AnyWeights(), g.Bias(), g.Dst(),
-        g.Strides(), g.Dilation(), g.PadL(), g.PadR(), hint);
+        g.Strides(), g.Dilation(), g.PadL(), g.PadR(), hint, Attr());
     entry.primitive = dnnl::convolution_backward_weights(pd);
     weights = pd.diff_weights_desc();
+    entry.scratch = pd.scratchpad_desc();
   }
   entry.hwio = memory(g.Hwio(), Engine(), DNNL_MEMORY_NONE);
   entry.reordered = weights != g.Hwio();
@@ -149,13 +163,25 @@ memory Wrap(const memory::desc& desc, const void* data) {
   return memory(desc, Engine(), const_cast<void*>(data));
 }
 
+// One scratchpad buffer for every primitive, grown to the largest asked for: calls run
+// one at a time (g_mutex).
+memory Scratch(const memory::desc& desc) {
+  static std::vector<char> buffer;
+  constexpr size_t kAlign = 4096;
+  size_t size = desc.get_size() + kAlign;
+  if (buffer.size() < size) buffer.resize(size);
+  uintptr_t start = reinterpret_cast<uintptr_t>(buffer.data());
+  return Wrap(desc, reinterpret_cast<void*>((start + kAlign - 1) / kAlign * kAlign));
+}
+
 void Forward(const Geometry& g, const float* x, const float* w, const float* b, float* y) {
   Entry& e = Lookup(g, 'f');
   e.hwio.set_data_handle(const_cast<float*>(w));
   if (e.reordered) e.reorder.execute(Stream(), e.hwio, e.blocked);
   std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, Wrap(g.Src(), x)},
                                           {DNNL_ARG_WEIGHTS, e.reordered ? e.blocked : e.hwio},
-                                          {DNNL_ARG_DST, Wrap(g.Dst(), y)}};
+                                          {DNNL_ARG_DST, Wrap(g.Dst(), y)},
+                                          {DNNL_ARG_SCRATCHPAD, Scratch(e.scratch)}};
   if (g.bias) args[DNNL_ARG_BIAS] = Wrap(g.Bias(), b);
   e.primitive.execute(Stream(), args);
 }
@@ -166,7 +192,8 @@ void BackwardData(const Geometry& g, const float* dy, const float* w, float* dx)
   if (e.reordered) e.reorder.execute(Stream(), e.hwio, e.blocked);
   e.primitive.execute(Stream(), {{DNNL_ARG_DIFF_DST, Wrap(g.Dst(), dy)},
                                  {DNNL_ARG_WEIGHTS, e.reordered ? e.blocked : e.hwio},
-                                 {DNNL_ARG_DIFF_SRC, Wrap(g.Src(), dx)}});
+                                 {DNNL_ARG_DIFF_SRC, Wrap(g.Src(), dx)},
+                                 {DNNL_ARG_SCRATCHPAD, Scratch(e.scratch)}});
 }
 
 void BackwardWeights(const Geometry& g, const float* x, const float* dy, float* dw, float* db) {
@@ -175,7 +202,8 @@ void BackwardWeights(const Geometry& g, const float* x, const float* dy, float* 
   std::unordered_map<int, memory> args = {
       {DNNL_ARG_SRC, Wrap(g.Src(), x)},
       {DNNL_ARG_DIFF_DST, Wrap(g.Dst(), dy)},
-      {DNNL_ARG_DIFF_WEIGHTS, e.reordered ? e.blocked : e.hwio}};
+      {DNNL_ARG_DIFF_WEIGHTS, e.reordered ? e.blocked : e.hwio},
+      {DNNL_ARG_SCRATCHPAD, Scratch(e.scratch)}};
   if (g.bias) args[DNNL_ARG_DIFF_BIAS] = Wrap(g.Bias(), db);
   e.primitive.execute(Stream(), args);
   if (e.reordered) e.reorder.execute(Stream(), e.blocked, e.hwio);
