@@ -25,7 +25,8 @@ Variants:
   FasterRCNN_VGG16          the paper's: VGG-16's conv5_3 at stride 16, 9 anchors (areas
                             128^2, 256^2, 512^2; ratios 1:2, 1:1, 2:1), RoI pooling 7x7,
                             VGG's fc6/fc7 as the box head; 12,000 / 6,000 proposals before
-                            NMS and 2,000 / 300 after, in training / at test; the backbone
+                            NMS and 2,000 / 300 after, in training / at test; anchors that
+                            cross the image border left out of the RPN's loss; the backbone
                             under "backbone.body" ("backbone.body.features.0" <- VGG's
                             "features.0"), the box head under "roi_heads.box_head"
                             ("classifier.0", "classifier.3" <- VGG's).
@@ -220,6 +221,8 @@ FasterRCNN_VGG16 = functools.partial(
     pre_nms_top_n_test=6000,
     post_nms_top_n_train=2000,
     post_nms_top_n_test=300,
+    # "During training, we ignore all cross-boundary anchors" (Section 3.3).
+    allowed_border=0.0,
   ),
   roi_heads=functools.partial(
     RoIHeads,

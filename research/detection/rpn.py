@@ -4,7 +4,8 @@ A 3x3 conv + ReLU slides over every feature map, then two 1x1 convs give, per po
 A objectness logits and 4A box deltas relative to the A anchors of that position
 (`research.detection.anchors`); the same weights serve every FPN level. From these:
 
-    proposals   per level the pre_nms_top_n best anchors by objectness, decoded, clipped
+    proposals   (research.detection.proposals, re-exported here) per level the
+                pre_nms_top_n best anchors by objectness, decoded, clipped
                 to each image, tiny ones and those under score_thresh dropped, NMS at 0.7
                 within each level, the post_nms_top_n best kept
     rpn_loss    256 anchors per image sampled (at most half positive) by
@@ -33,12 +34,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from research.detection import anchors as anchors_lib
 from research.detection import assign
+from research.detection.proposals import (
+  MIN_SIZE,
+  _check,
+  anchors_per_level,
+  flatten_predictions,
+  proposals,
+)
 from research.models.layers import Conv
-from research.ops import boxes as box_ops
 
 __all__ = [
   "RPNHead",
@@ -49,15 +55,15 @@ __all__ = [
   "anchor_targets",
   "image_keys",
   "rpn_loss",
+  "smooth_l1",
   "FPN_ANCHOR_SIZES",
+  "MIN_SIZE",
 ]
 
 ModuleDef = Any
 
 # torchvision's fasterrcnn_resnet50_fpn: one size per level P2..P6, three ratios each.
 FPN_ANCHOR_SIZES = ((32,), (64,), (128,), (256,), (512,))
-# torchvision's RegionProposalNetwork.min_size, not a constructor argument there.
-MIN_SIZE = 1e-3
 
 
 def _maps(features, name: str) -> list[jax.Array]:
@@ -114,123 +120,6 @@ class RPNHead(nn.Module):
       objectness.append(cls_logits(t))
       deltas.append(bbox_pred(t))
     return objectness, deltas
-
-
-def anchors_per_level(objectness: Sequence[jax.Array]) -> tuple[int, ...]:
-  """[L] objectness maps [N, H_l, W_l, A] -> (H_l * W_l * A for each level), static ints."""
-  return tuple(int(np.prod(np.shape(o)[1:])) for o in objectness)
-
-
-def flatten_predictions(objectness: Sequence[jax.Array], deltas: Sequence[jax.Array]):
-  """The head's maps in the anchors' flat order (torchvision's `concat_box_prediction_layers`).
-
-  objectness: [L] of [N, H_l, W_l, A]; deltas: [L] of [N, H_l, W_l, 4A].
-  Returns (objectness [N, T] float32, deltas [N, T, 4] float32), T = sum_l H_l W_l A.
-  """
-  n = np.shape(objectness[0])[0]
-  obj = jnp.concatenate([o.reshape(n, -1) for o in objectness], axis=1)
-  dl = jnp.concatenate([d.reshape(n, -1, 4) for d in deltas], axis=1)
-  return obj.astype(jnp.float32), dl.astype(jnp.float32)
-
-
-def _check(x, expected: tuple, name: str, what: str, fn: str) -> None:
-  """A ValueError naming x unless its shape is `expected` (None: any size)."""
-  shape = tuple(np.shape(x))
-  if len(shape) != len(expected) or any(e is not None and e != s for e, s in zip(expected, shape)):
-    raise ValueError(f"{fn}: {name} must be {what}, got shape {shape}")
-
-
-def _count(value, name: str, fn: str) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-    raise ValueError(f"{fn}: {name} must be an int >= 1, got {value!r}")
-  return int(value)
-
-
-def proposals(
-  objectness,
-  deltas,
-  anchors,
-  image_sizes,
-  num_anchors_per_level: Sequence[int],
-  *,
-  pre_nms_top_n: int,
-  post_nms_top_n: int,
-  nms_thresh: float = 0.7,
-  score_thresh: float = 0.0,
-  min_size: float = MIN_SIZE,
-):
-  """Region proposals of fixed count: torchvision's `RegionProposalNetwork.filter_proposals`.
-
-  objectness: [N, T] logits; deltas: [N, T, 4] (dx, dy, dw, dh); anchors: [T, 4]
-  (x1, y1, x2, y2), the same for every image of the padded batch; image_sizes: [N, 2]
-  (height, width) of each image inside the padding, may be traced;
-  num_anchors_per_level: static [L] ints summing to T.
-  Per level the min(pre_nms_top_n, T_l) highest logits, decoded (weights (1, 1, 1, 1),
-  dw and dh clamped at log(1000 / 16)), clipped to the image; boxes narrower or lower
-  than min_size and sigmoid scores < score_thresh are masked out; NMS at nms_thresh
-  within each level; the post_nms_top_n best kept. Nothing here is differentiated (the
-  paper's approximate joint training): the inputs pass through stop_gradient.
-  Returns (boxes [N, post_nms_top_n, 4] by decreasing score, scores [N, post_nms_top_n]
-  sigmoid probabilities, valid [N, post_nms_top_n] bool); invalid rows are zeros.
-  """
-  fn = "proposals"
-  levels = tuple(int(v) for v in num_anchors_per_level)
-  total = sum(levels)
-  _check(objectness, (None, total), "objectness", f"[N, T] with T = {total} anchors", fn)
-  n = np.shape(objectness)[0]
-  _check(deltas, (n, total, 4), "deltas", f"[N, T, 4] = [{n}, {total}, 4]", fn)
-  _check(anchors, (total, 4), "anchors", f"[T, 4] = [{total}, 4] (x1, y1, x2, y2)", fn)
-  _check(image_sizes, (n, 2), "image_sizes", f"[N, 2] = [{n}, 2] (height, width)", fn)
-  if any(v < 1 for v in levels):
-    raise ValueError(f"{fn}: num_anchors_per_level must be positive, got {levels}")
-  return _proposals(
-    objectness,
-    deltas,
-    jnp.asarray(anchors, jnp.float32),
-    jnp.asarray(image_sizes, jnp.float32),
-    levels=levels,
-    pre=_count(pre_nms_top_n, "pre_nms_top_n", fn),
-    post=_count(post_nms_top_n, "post_nms_top_n", fn),
-    nms_thresh=float(nms_thresh),
-    score_thresh=float(score_thresh),
-    min_size=float(min_size),
-  )
-
-
-# One compiled program when called eagerly; inlined under an outer jit.
-@functools.partial(
-  jax.jit, static_argnames=("levels", "pre", "post", "nms_thresh", "score_thresh", "min_size")
-)
-def _proposals(objectness, deltas, anchors, image_sizes, **kw):
-  objectness = lax.stop_gradient(objectness).astype(jnp.float32)
-  deltas = lax.stop_gradient(deltas).astype(jnp.float32)
-  index, level, offset = [], [], 0
-  for i, size in enumerate(kw["levels"]):
-    k = min(kw["pre"], size)
-    index.append(lax.top_k(objectness[:, offset : offset + size], k)[1] + offset)
-    level.append(np.full((k,), i, np.int32))
-    offset += size
-  index, level = jnp.concatenate(index, axis=1), jnp.asarray(np.concatenate(level))
-  logits = jnp.take_along_axis(objectness, index, axis=1)
-  boxes = box_ops.decode(jnp.take_along_axis(deltas, index[..., None], axis=1), anchors[index])
-  boxes = jax.vmap(box_ops.clip)(boxes, image_sizes)
-  scores = jax.nn.sigmoid(logits)
-  # torch compares a float32 tensor with a Python float in float32.
-  valid = box_ops.remove_small_boxes(boxes, kw["min_size"]) & (
-    scores >= np.float32(kw["score_thresh"])
-  )
-
-  def nms(b, s, v):
-    # Masked boxes zeroed: batched_nms offsets levels by the largest coordinate, which
-    # torchvision takes over the boxes it kept.
-    return box_ops.batched_nms(
-      jnp.where(v[:, None], b, 0), s, level, kw["nms_thresh"], max_output=kw["post"], valid=v
-    )
-
-  keep, ok = jax.vmap(nms)(boxes, scores, valid)
-  boxes = jnp.where(ok[..., None], jnp.take_along_axis(boxes, keep[..., None], axis=1), 0)
-  scores = jnp.where(ok, jnp.take_along_axis(scores, keep, axis=1), 0)
-  return boxes, scores, ok
 
 
 def anchor_targets(
@@ -290,7 +179,9 @@ def image_keys(key, n: int) -> jax.Array:
   return jax.random.split(key, n)
 
 
-def _smooth_l1(x, beta: float):
+def smooth_l1(x, beta: float):
+  """torch's smooth_l1_loss terms: 0.5 x^2 / beta where |x| < beta, else |x| - 0.5 beta;
+  the box loss of the RPN (beta 1/9) and of the RoI heads (1/9, the Fast R-CNN paper's 1)."""
   ax = jnp.abs(x)
   return jnp.where(ax < beta, 0.5 * x * x / beta, ax - 0.5 * beta)
 
@@ -339,7 +230,7 @@ def rpn_loss(
   # log(1 + exp(x)) - x y without overflow, torch's binary_cross_entropy_with_logits.
   bce = jnp.maximum(x, 0) - x * y + jnp.log1p(jnp.exp(-jnp.abs(x)))
   positive = t.sampled & (t.labels == 1)
-  box = _smooth_l1(jnp.asarray(deltas, jnp.float32) - t.deltas, 1 / 9).sum(axis=-1)
+  box = smooth_l1(jnp.asarray(deltas, jnp.float32) - t.deltas, 1 / 9).sum(axis=-1)
   return {
     "loss_objectness": jnp.where(t.sampled, bce, 0).sum() / num_sampled,
     "loss_rpn_box_reg": jnp.where(positive, box, 0).sum() / num_sampled,
@@ -358,6 +249,9 @@ class RPN(nn.Module):
   anchors' strides follow as torchvision computes them; in training gt_boxes [N, G, 4]
   and gt_valid [N, G], and the "sample" RNG stream draws the anchors of the loss (or
   `keys`, one per image: see `image_keys`).
+  allowed_border: None (torchvision: every anchor takes part in the loss) or the paper's
+  rule, anchors crossing an image's border by more than that many pixels ignored in
+  training (`anchors.inside_image` of each image's size; 0 in FasterRCNN_VGG16); proposals use every anchor either way.
   Returns (proposals {"boxes": [N, P, 4], "scores": [N, P], "valid": [N, P]}, P the
   post_nms_top_n of the mode; losses, {} or rpn_loss's dict in training;
   out {"objectness": [N, T], "deltas": [N, T, 4], "anchors": [T, 4]}).
@@ -375,6 +269,7 @@ class RPN(nn.Module):
   batch_size_per_image: int = 256
   positive_fraction: float = 0.5
   score_thresh: float = 0.0
+  allowed_border: float | None = None
   conv_depth: int = 1
   conv: ModuleDef = Conv
   dtype: Any = jnp.float32
@@ -449,6 +344,11 @@ class RPN(nn.Module):
         positive_fraction=self.positive_fraction,
         fg_iou_thresh=self.fg_iou_thresh,
         bg_iou_thresh=self.bg_iou_thresh,
+        anchor_valid=None
+        if self.allowed_border is None
+        else jax.vmap(anchors_lib.inside_image, (None, 0, None))(
+          anchors, image_sizes, self.allowed_border
+        ),
       )
     out = {"objectness": objectness, "deltas": deltas, "anchors": anchors}
     return {"boxes": boxes, "scores": scores, "valid": valid}, losses, out

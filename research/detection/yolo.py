@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from research.detection.faster_rcnn import _check_inputs
-from research.detection.roi_heads import select_detections
+from research.detection.postprocess import select_detections
 from research.models import darknet
 from research.models.alexnet import flatten_chw
 from research.models.layers import Conv

@@ -323,6 +323,55 @@ def test_training_compiles_once_for_any_number_of_objects():
   assert len(traces) == 1 and step._cache_size() == 1
 
 
+def test_paper_rule_leaves_cross_boundary_anchors_out_of_the_loss():
+  """allowed_border=0 (FasterRCNN_VGG16): anchors that cross an image's border are never
+  sampled; the loss is rpn_loss with those anchors marked invalid, per image size, where
+  torchvision's rule (the default) draws from every anchor."""
+  features = _features(5)
+  gt = np.tile(np.asarray([[4, 6, 30, 40], [36, 10, 70, 30]], np.float32), (N, 1, 1))
+  gt_valid = np.ones((N, 2), bool)
+  sizes = np.asarray(IMAGE_SIZES, np.float32)
+  keys = jax.random.split(jax.random.PRNGKey(7), N)
+  paper = rpn.RPN(
+    anchor_sizes=SIZES,
+    aspect_ratios=RATIOS,
+    pre_nms_top_n_train=PRE,
+    post_nms_top_n_train=POST,
+    allowed_border=0.0,
+  )
+  # One compiled program each: op-by-op init and apply compile every layer on its own.
+  variables = jax.jit(lambda k: paper.init(k, features, image_shape_hw=IMAGE_HW))(
+    jax.random.PRNGKey(0)
+  )
+  _, ours, raw = jax.jit(
+    lambda v: paper.apply(
+      v, features, sizes, gt, gt_valid, image_shape_hw=IMAGE_HW, train=True, keys=keys
+    )
+  )(variables)
+  anchors = np.asarray(raw["anchors"])
+  inside = np.stack(
+    [
+      (anchors[:, 0] >= 0) & (anchors[:, 1] >= 0) & (anchors[:, 2] <= w) & (anchors[:, 3] <= h)
+      for h, w in IMAGE_SIZES
+    ]
+  )
+  assert 0 < inside[0].sum() < inside.shape[1] and (inside[0] != inside[1]).any()
+
+  @jax.jit
+  def by_hand(valid):
+    args = (anchors, gt, gt_valid, keys)
+    losses = rpn.rpn_loss(raw["objectness"], raw["deltas"], *args, anchor_valid=valid)
+    return losses, rpn.anchor_targets(*args, anchor_valid=valid)
+
+  expected, targets = by_hand(inside)
+  for name in expected:
+    np.testing.assert_allclose(ours[name], expected[name], rtol=1e-6)
+  assert not np.asarray(targets.sampled)[~inside].any()
+  assert (np.asarray(targets.labels)[~inside] == -1).all()
+  _, every = by_hand(np.ones_like(inside))
+  assert np.asarray(every.sampled)[~inside].any()
+
+
 def test_bad_input_names_the_argument():
   objectness, deltas = _crafted()
   kw = {"pre_nms_top_n": PRE, "post_nms_top_n": POST}
