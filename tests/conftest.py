@@ -161,3 +161,41 @@ def write_coco_format(directory, scenes, *, stem: str = "scene") -> tuple[str, s
   with open(path, "w") as f:
     json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
   return path, image_dir
+
+
+def assert_same_detections(boxes, scores, labels, want_boxes, want_scores, want_labels):
+  """One image's detections equal a peer's, in its order, up to the order of near-ties.
+
+  boxes [K, 4], scores [K], labels [K] against the peer's. Labels are equal and scores
+  within 2e-4 place by place; each box equals (rtol 1e-3, atol 1e-2) the peer's box at
+  its place or, where two detections of one class have scores within 2e-4 of each other
+  and float32 rounding ordered them the other way (seen on an AVX2-only CPU), the box of
+  that tied detection. Returns the permutation of the peer's detections that matches ours.
+  """
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  boxes, scores, labels = (np.asarray(a) for a in (boxes, scores, labels))
+  want_boxes, want_scores, want_labels = (
+    np.asarray(a) for a in (want_boxes, want_scores, want_labels)
+  )
+  np.testing.assert_array_equal(labels, want_labels)
+  np.testing.assert_allclose(scores, want_scores, atol=2e-4)
+  close = lambda a, b: np.all(np.abs(a - b) <= 1e-2 + 1e-3 * np.abs(b))  # noqa: E731
+  order, used = [], set()
+  for i in range(len(boxes)):
+    tied = [
+      j
+      for j in range(len(want_boxes))
+      if j not in used
+      and want_labels[j] == labels[i]
+      and abs(want_scores[j] - scores[i]) <= 2e-4
+      and close(boxes[i], want_boxes[j])
+    ]
+    assert tied, (
+      f"detection {i} (label {labels[i]}, score {scores[i]:.6f}, box {boxes[i]}) has no "
+      f"peer detection of its class, score and box; at its place: {want_boxes[i]}"
+    )
+    j = i if i in tied else tied[0]
+    used.add(j)
+    order.append(j)
+  return np.asarray(order)

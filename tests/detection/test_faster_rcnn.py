@@ -11,6 +11,7 @@ import pytest
 from research.convert import torchvision as tv_convert
 from research.detection import faster_rcnn, roi_heads, rpn
 from research.models import resnet
+from tests.conftest import assert_same_detections
 
 
 def _photos():
@@ -57,12 +58,17 @@ def test_detections_equal_torchvision_on_two_photographs(torch_model):
     assert valid.sum() == len(want["boxes"]) == 100
     (h, w), (big_h, big_w) = batch.image_sizes[i], photo.shape[:2]
     scale = np.array([big_w / w, big_h / h] * 2, np.float32)
-    np.testing.assert_array_equal(np.asarray(detections["labels"][i]) + 1, want["labels"].numpy())
     # Measured: 1 score of 200 differs by 1.1e-4 (on both convolution paths), the rest by
-    # less than 1e-4: float32 rounding through ResNet-50, the FPN and RoI Align.
-    np.testing.assert_allclose(detections["scores"][i], want["scores"].numpy(), atol=2e-4)
-    np.testing.assert_allclose(
-      np.asarray(detections["boxes"][i]) * scale, want["boxes"].numpy(), rtol=1e-3, atol=1e-2
+    # less than 1e-4: float32 rounding through ResNet-50, the FPN and RoI Align. On an AMD
+    # EPYC (AVX2) two detections of one class whose scores tie to 2e-4 came in the other
+    # order: assert_same_detections accepts that, and only that.
+    assert_same_detections(
+      np.asarray(detections["boxes"][i]) * scale,
+      detections["scores"][i],
+      np.asarray(detections["labels"][i]) + 1,
+      want["boxes"].numpy(),
+      want["scores"].numpy(),
+      want["labels"].numpy(),
     )
 
 

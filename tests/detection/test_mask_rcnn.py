@@ -15,6 +15,7 @@ import pytest
 from research.convert import torchvision as tv_convert
 from research.detection import faster_rcnn, mask_head, mask_rcnn, roi_heads, rpn
 from research.models import resnet
+from tests.conftest import assert_same_detections
 
 
 def _photos():
@@ -48,25 +49,31 @@ def test_detections_and_masks_equal_torchvision_on_two_photographs():
     assert np.asarray(detections["valid"][i]).sum() == len(want["boxes"]) == 100
     (h, w), (big_h, big_w) = batch.image_sizes[i], photo.shape[:2]
     scale = np.array([big_w / w, big_h / h] * 2, np.float32)
-    np.testing.assert_array_equal(np.asarray(detections["labels"][i]) + 1, want["labels"].numpy())
-    np.testing.assert_allclose(detections["scores"][i], want["scores"].numpy(), atol=2e-4)
     boxes = np.asarray(detections["boxes"][i]) * scale
-    np.testing.assert_allclose(boxes, want["boxes"].numpy(), rtol=1e-3, atol=1e-2)
+    order = assert_same_detections(
+      boxes,
+      detections["scores"][i],
+      np.asarray(detections["labels"][i]) + 1,
+      want["boxes"].numpy(),
+      want["scores"].numpy(),
+      want["labels"].numpy(),
+    )
     # torchvision pastes each mask at its box in the photograph; so do we, from our boxes.
     pasted = mask_head.paste_masks_in_image(
       np.asarray(detections["mask_probs"][i]), boxes, photo.shape[:2]
     )
-    theirs = want["masks"][:, 0].numpy()
+    theirs = want["masks"][:, 0].numpy()[order]
     assert np.mean((pasted >= 0.5) == (theirs >= 0.5)) >= 0.999
     # The 28x28 probabilities themselves, before pasting (pasted ones differ more where a
     # box corner within 1e-3 crosses a pixel edge and shifts that mask by a pixel).
-    # Measured: 0.8% of them differ by more than 1e-4, at most by 2.6e-3: the detections'
-    # boxes (within 1e-3) move RoI Align's samples, and the untrained branch's logits reach
-    # |70|, so float32 rounding through ResNet-50 and five convolutions shows. The branch on
-    # the same features is equal to 1e-4 (tests/detection/test_mask_head.py).
-    ours, theirs = np.asarray(detections["mask_probs"][i]), heads["masks"][:, 0].numpy()
+    # Measured: 0.8% of them differ by more than 1e-4 (1.0% on an AMD EPYC with AVX2), at
+    # most by 2.6e-3: the detections' boxes (within 1e-3) move RoI Align's samples, and the
+    # untrained branch's logits reach |70|, so float32 rounding through ResNet-50 and five
+    # convolutions shows. The branch on the same features is equal to 1e-4
+    # (tests/detection/test_mask_head.py).
+    ours, theirs = np.asarray(detections["mask_probs"][i]), heads["masks"][:, 0].numpy()[order]
     np.testing.assert_allclose(ours, theirs, atol=5e-3)
-    assert np.mean(np.abs(ours - theirs) <= 1e-4) >= 0.99
+    assert np.mean(np.abs(ours - theirs) <= 1e-4) >= 0.985
 
 
 def _tiny(pooler="multiscale_roi_align"):

@@ -460,4 +460,11 @@ def test_fcn_resnet50_equals_torchvision_on_a_photograph():
     scale = float(np.abs(expected[name]).max())
     assert scale > 0.1
     np.testing.assert_allclose(got, expected[name], atol=1e-5 * scale, err_msg=name)
-    np.testing.assert_array_equal(np.argmax(got, -1), np.argmax(expected[name], -1))
+    # Every pixel's class is torchvision's, but where its two best logits tie to within the
+    # tolerance (1 pixel of 39,600 on an AMD EPYC with AVX2): there either class is right.
+    ours, theirs = np.argmax(got, -1), np.argmax(expected[name], -1)
+    best = np.take_along_axis(expected[name], theirs[..., None], -1)[..., 0]
+    chosen = np.take_along_axis(expected[name], np.asarray(ours)[..., None], -1)[..., 0]
+    tie = best - chosen <= 2e-5 * scale
+    assert np.all((ours == theirs) | tie), (name, np.argwhere((ours != theirs) & ~tie)[:5])
+    assert np.mean(ours == theirs) > 0.999, name

@@ -36,8 +36,10 @@ def test_pmap_and_sharded_jit_equal_single_device_jit_on_8_devices():
   # by step 10: 7e-4). pmap equals it step by step, but its per-device gradients are
   # averaged in another order, and a rounding-level difference flips a top-k or NMS choice
   # after a few steps (a relative nudge of 1e-7 to one device's parameters gives the same
-  # 5e-4 gap after 10 steps), so its whole trajectory is not held to 1e-5.
-  assert gaps["detection_jit"] < 1e-5, gaps
+  # 5e-4 gap after 10 steps), so its whole trajectory is not held to 1e-5. Sharded jit's
+  # 5-step gap: 1.8e-7 on an Intel Xeon (AVX-512), 2.0e-5 on an AMD EPYC (AVX2), where
+  # each of its steps still equals one device's to 1e-5 (above).
+  assert gaps["detection_jit"] < 1e-4, gaps
 
 
 def test_unknown_parallelism_lists_the_modes():
