@@ -31,6 +31,19 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
+# XLA's CPU backend at LLVM optimization level 1, not 2, in the test processes, their child
+# processes and notebook kernels: most of a test's time is compiling programs it runs a few
+# times. tests/detection took 338 s (624 s of CPU) at the default level and 294 s (541 s)
+# at this one (two cores, AMD EPYC, 2026-12-07); the :runlocal Faster R-CNN's training step
+# compiled in 12.3 s, not 15.6, and its parameters after one step moved by 1.7e-9 (of
+# 1.0), the rounding of vectorized sums. Level 0 compiles faster still but drops fused
+# multiply-adds: other numbers (model.init's values, research.train.state) and slower
+# programs. Set XLA_FLAGS with its own --xla_backend_optimization_level to choose another.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=1"
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
+
+
 # pytest-xdist runs the suite in two worker processes (pyproject's addopts): much of a
 # test's time is single-threaded tracing and XLA compilation, which a second worker
 # overlaps. The workers share the cores, so OpenMP threads (oneDNN's and torch's) wait
@@ -85,6 +98,8 @@ def subprocess_env(**extra) -> dict:
   """The environment for a child Python that imports this checkout."""
   env = dict(os.environ)
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  if "XLA_FLAGS" in extra:  # added to this process's flags (the optimization level above)
+    extra["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {extra['XLA_FLAGS']}".strip()
   env.update(extra)
   return env
 
