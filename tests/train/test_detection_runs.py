@@ -1,5 +1,6 @@
-"""A Faster R-CNN run through `python -m research.main` loses nothing to a SIGKILL, and two
-processes through jax.distributed train it exactly as one process with two devices does."""
+"""A Faster R-CNN run through `python -m research.main`: two processes through
+jax.distributed train it exactly as one process with two devices does, and a run of that
+process killed with SIGKILL resumes to the same parameters, losing nothing."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from research.train.writer import read_metrics
 from tests.conftest import ROOT, subprocess_env
 
 # The :runlocal detector (ResNet-18/4 FPN on digit_scenes/multi) without its pretraining,
-# 20 steps of 2 scenes, evaluated on 20 test scenes.
+# 8 steps of 2 scenes, checkpointed every 2, evaluated on 20 test scenes.
 CONFIG = textwrap.dedent(
   """
   from ml_collections import ConfigDict
@@ -29,14 +30,16 @@ CONFIG = textwrap.dedent(
     c.init.path = ""
     c.batch_size = 2
     c.eval_batch_size = 10
-    c.total_steps = 20
-    c.log_every_steps = 4
-    c.checkpoint_every_steps = 4
+    c.total_steps = 8
+    c.log_every_steps = 2
+    c.checkpoint_every_steps = 2
     c.optimizer.warmup_steps = 0
     c.evals = [ConfigDict({"type": "detection_ap", "split": "test[:20]", "prefix": "test_"})]
     return c
   """
 )
+# One process with two host devices: the reference run, and the run that is killed.
+TWO_DEVICES = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
 
 
 def _cli(tmp_path, workdir, *flags):
@@ -59,65 +62,37 @@ def _checkpoints(workdir) -> list[int]:
   return sorted(int(s) for s in os.listdir(path) if s.isdigit()) if path.is_dir() else []
 
 
-def test_a_sigkilled_detection_run_resumes_to_the_same_fingerprint(tmp_path):
-  env = subprocess_env(JAX_PLATFORMS="cpu")
-  whole_log = open(tmp_path / "whole.log", "w")  # noqa: SIM115 (closed after the run)
-  whole_run = subprocess.Popen(
-    _cli(tmp_path, tmp_path / "whole"),
-    cwd=ROOT,
-    env=env,
-    stdout=whole_log,
-    stderr=subprocess.STDOUT,
-  )
-  killed = tmp_path / "killed"
-  proc = subprocess.Popen(
-    _cli(tmp_path, killed), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-  )
-  deadline = time.time() + 400
-  while time.time() < deadline and proc.poll() is None and not _checkpoints(killed):
-    time.sleep(0.02)
-  assert proc.poll() is None, "the run ended before it could be killed"
-  os.kill(proc.pid, signal.SIGKILL)
-  proc.wait()
-  assert not (killed / "results.json").exists()
-
-  subprocess.run(_cli(tmp_path, killed), cwd=ROOT, env=env, check=True, capture_output=True)
-  whole_run.wait()
-  whole_log.close()
-  assert whole_run.returncode == 0, (tmp_path / "whole.log").read_text()[-3000:]
-  whole = json.loads((tmp_path / "whole" / "results.json").read_text())
-  resumed = json.loads((killed / "results.json").read_text())
-  assert 4 <= resumed["resumed_from_step"] < 20
-  assert resumed["param_fingerprint"] == whole["param_fingerprint"]
-  assert resumed["test_map50"] == whole["test_map50"]
-  steps = [r["step"] for r in read_metrics(str(killed)) if r["split"] == "train"]
-  assert steps == [4, 8, 12, 16, 20]  # each logged once: the two legs read as one run
-
-
 def _free_port():
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
 
 
-def test_two_processes_train_a_detector_as_one_process_with_two_devices(tmp_path):
-  flags = ["--config.total_steps=8", "--config.checkpoint_every_steps=8"]
-  # The one-process run goes beside the two processes: each waits on the others' compiles.
+def _results(workdir) -> dict:
+  return json.loads((workdir / "results.json").read_text())
+
+
+def test_two_processes_and_a_sigkilled_run_train_a_detector_as_one_process(tmp_path):
+  """One process with two devices (the reference), two processes with one device each, and
+  the one-process run killed with SIGKILL after its first checkpoint and run again: all
+  three end with the same parameters and test AP. One test, so that the killed run's two
+  legs find the reference's compiled programs in the session's compilation cache (they
+  are the same programs) instead of compiling them twice more."""
   one = subprocess.Popen(
-    _cli(tmp_path, tmp_path / "one", *flags),
+    _cli(tmp_path, tmp_path / "one"),
     cwd=ROOT,
-    env=subprocess_env(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2"),
+    env=subprocess_env(**TWO_DEVICES),
     stdout=subprocess.PIPE,
     stderr=subprocess.PIPE,
     text=True,
   )
+  # The two processes go beside it: each waits on the others' compiles.
   port = _free_port()
   procs = [
     subprocess.Popen(
       _cli(
         tmp_path,
         tmp_path / "two",
-        *flags,
         f"--coordinator_address=127.0.0.1:{port}",
         "--num_processes=2",
         f"--process_id={i}",
@@ -133,7 +108,26 @@ def test_two_processes_train_a_detector_as_one_process_with_two_devices(tmp_path
   for p in [one, *procs]:
     _, err = p.communicate(timeout=600)
     assert p.returncode == 0, err[-3000:]
-  a = json.loads((tmp_path / "one" / "results.json").read_text())
-  b = json.loads((tmp_path / "two" / "results.json").read_text())
+  a, b = _results(tmp_path / "one"), _results(tmp_path / "two")
   assert a["param_fingerprint"] == b["param_fingerprint"]
   assert a["test_map50"] == b["test_map50"] and a["test_coco_ap"] == b["test_coco_ap"]
+
+  killed = tmp_path / "killed"
+  env = subprocess_env(**TWO_DEVICES)
+  proc = subprocess.Popen(
+    _cli(tmp_path, killed), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+  )
+  deadline = time.time() + 400
+  while time.time() < deadline and proc.poll() is None and not _checkpoints(killed):
+    time.sleep(0.01)
+  assert proc.poll() is None, "the run ended before it could be killed"
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  assert not (killed / "results.json").exists()
+  subprocess.run(_cli(tmp_path, killed), cwd=ROOT, env=env, check=True, capture_output=True)
+  resumed = _results(killed)
+  assert 2 <= resumed["resumed_from_step"] < 8
+  assert resumed["param_fingerprint"] == a["param_fingerprint"]
+  assert resumed["test_map50"] == a["test_map50"]
+  steps = [r["step"] for r in read_metrics(str(killed)) if r["split"] == "train"]
+  assert steps == [2, 4, 6, 8]  # each logged once: the two legs read as one run
