@@ -291,7 +291,8 @@ def test_classifier_logits_and_training_step_match_lax(family):
       _, ref_grads = _train_step(model64, jax.tree.map(f64, variables), f64(x), labels, "lax")
   # Relative to the largest gradient: some leaves' gradients are zero but for rounding (a
   # convolution's bias before batch norm), where a leaf's own scale means nothing.
-  scale = max(float(jnp.abs(b).max()) for b in jax.tree.leaves(ref_grads))
+  # In numpy: GoogLeNet's float64 reference, outside enable_x64, would be cast to float32.
+  scale = max(float(np.abs(np.asarray(b)).max()) for b in jax.tree.leaves(ref_grads))
   # GoogLeNet's float32 gradients stray from float64 (its max pools' near-ties): through
   # lax by 2e-2 of the largest, through oneDNN by 5e-5 on an Intel Xeon (AVX-512) and by
   # 2.7e-4 to 2.9e-3 on an AMD EPYC (AVX2). oneDNN is held to lax's own float32 accuracy.
