@@ -95,10 +95,11 @@ def pair(value) -> tuple[int, int]:
 
 
 def subprocess_env(**extra) -> dict:
-  """The environment for a child Python that imports this checkout."""
+  """The environment for a child Python that imports this checkout, with `extra` set; an
+  `XLA_FLAGS` in `extra` is added to this process's flags, not put in their place."""
   env = dict(os.environ)
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-  if "XLA_FLAGS" in extra:  # added to this process's flags (the optimization level above)
+  if "XLA_FLAGS" in extra:  # keeps the optimization level above
     extra["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {extra['XLA_FLAGS']}".strip()
   env.update(extra)
   return env
