@@ -5,8 +5,11 @@ from __future__ import annotations
 import gc
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
@@ -103,6 +106,27 @@ def subprocess_env(**extra) -> dict:
     extra["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {extra['XLA_FLAGS']}".strip()
   env.update(extra)
   return env
+
+
+def sigkill_after_checkpoint(command: list[str], workdir, *, env: dict, min_step: int = 1):
+  """Starts `command` (a run writing into `workdir`, a pathlib.Path) from the checkout and
+  kills it with SIGKILL once `workdir`/checkpoints holds a complete checkpoint of step
+  `min_step` or later; asserts that it was still running then and wrote no results.json."""
+  proc = subprocess.Popen(
+    command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+  )
+  path = workdir / "checkpoints"
+  deadline = time.time() + 400
+  while time.time() < deadline and proc.poll() is None:
+    # Complete checkpoints only: one being written is "N.orbax-checkpoint-tmp".
+    steps = [int(s) for s in os.listdir(path) if s.isdigit()] if path.is_dir() else []
+    if steps and max(steps) >= min_step:
+      break
+    time.sleep(0.01)
+  assert proc.poll() is None, "the run ended before it could be killed"
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  assert not (workdir / "results.json").exists()
 
 
 def randomize_batch_norms(torch, net, *, mean=0.5, var=(0.5, 2.0), bias=0.5):

@@ -5,16 +5,13 @@ process killed with SIGKILL resumes to the same parameters, losing nothing."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
 import textwrap
-import time
 
 from research.train.writer import read_metrics
-from tests.conftest import ROOT, subprocess_env
+from tests.conftest import ROOT, sigkill_after_checkpoint, subprocess_env
 
 # The :runlocal detector (ResNet-18/4 FPN on digit_scenes/multi) without its pretraining,
 # 8 steps of 2 scenes, checkpointed every 2, evaluated on 20 test scenes.
@@ -39,7 +36,7 @@ CONFIG = textwrap.dedent(
   """
 )
 # One process with two host devices: the reference run, and the run that is killed.
-TWO_DEVICES = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+TWO_DEVICES = "--xla_force_host_platform_device_count=2"
 
 
 def _cli(tmp_path, workdir, *flags):
@@ -54,12 +51,6 @@ def _cli(tmp_path, workdir, *flags):
     f"--workdir={workdir}",
     *flags,
   ]
-
-
-def _checkpoints(workdir) -> list[int]:
-  # Complete checkpoints only: one being written is "N.orbax-checkpoint-tmp".
-  path = workdir / "checkpoints"
-  return sorted(int(s) for s in os.listdir(path) if s.isdigit()) if path.is_dir() else []
 
 
 def _free_port():
@@ -78,10 +69,11 @@ def test_two_processes_and_a_sigkilled_run_train_a_detector_as_one_process(tmp_p
   three end with the same parameters and test AP. One test, so that the killed run's two
   legs find the reference's compiled programs in the session's compilation cache (they
   are the same programs) instead of compiling them twice more."""
+  two_devices = subprocess_env(JAX_PLATFORMS="cpu", XLA_FLAGS=TWO_DEVICES)
   one = subprocess.Popen(
     _cli(tmp_path, tmp_path / "one"),
     cwd=ROOT,
-    env=subprocess_env(**TWO_DEVICES),
+    env=two_devices,
     stdout=subprocess.PIPE,
     stderr=subprocess.PIPE,
     text=True,
@@ -113,18 +105,8 @@ def test_two_processes_and_a_sigkilled_run_train_a_detector_as_one_process(tmp_p
   assert a["test_map50"] == b["test_map50"] and a["test_coco_ap"] == b["test_coco_ap"]
 
   killed = tmp_path / "killed"
-  env = subprocess_env(**TWO_DEVICES)
-  proc = subprocess.Popen(
-    _cli(tmp_path, killed), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-  )
-  deadline = time.time() + 400
-  while time.time() < deadline and proc.poll() is None and not _checkpoints(killed):
-    time.sleep(0.01)
-  assert proc.poll() is None, "the run ended before it could be killed"
-  os.kill(proc.pid, signal.SIGKILL)
-  proc.wait()
-  assert not (killed / "results.json").exists()
-  subprocess.run(_cli(tmp_path, killed), cwd=ROOT, env=env, check=True, capture_output=True)
+  sigkill_after_checkpoint(_cli(tmp_path, killed), killed, env=two_devices, min_step=2)
+  subprocess.run(_cli(tmp_path, killed), cwd=ROOT, env=two_devices, check=True, capture_output=True)
   resumed = _results(killed)
   assert 2 <= resumed["resumed_from_step"] < 8
   assert resumed["param_fingerprint"] == a["param_fingerprint"]

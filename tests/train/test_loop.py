@@ -2,17 +2,15 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 from research.train.loop import train_and_evaluate
 from research.train.writer import read_metrics
-from tests.conftest import ROOT, subprocess_env
+from tests.conftest import ROOT, sigkill_after_checkpoint, subprocess_env
 
 
 def test_a_run_writes_every_output_of_the_contract(small_config, tmp_path):
@@ -88,24 +86,7 @@ def test_sigkill_mid_training_then_rerun_ends_with_the_same_fingerprint(tmp_path
   )
 
   killed = tmp_path / "killed"
-  proc = subprocess.Popen(
-    _cli(killed), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-  )
-  deadline = time.time() + 300
-  while time.time() < deadline and proc.poll() is None:
-    # Complete checkpoints only: one being written is "N.orbax-checkpoint-tmp".
-    steps = (
-      [int(s) for s in os.listdir(killed / "checkpoints") if s.isdigit()]
-      if (killed / "checkpoints").is_dir()
-      else []
-    )
-    if steps and max(steps) >= 60:
-      break
-    time.sleep(0.05)
-  assert proc.poll() is None, "the run ended before it could be killed"
-  os.kill(proc.pid, signal.SIGKILL)
-  proc.wait()
-  assert not (killed / "results.json").exists()
+  sigkill_after_checkpoint(_cli(killed), killed, env=env, min_step=60)
 
   subprocess.run(_cli(killed), cwd=ROOT, env=env, check=True, capture_output=True)
   whole_run.wait()
