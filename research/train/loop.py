@@ -158,8 +158,10 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict:
     random_transform=inputs.random_transform,
     record_transform=inputs.train_record,
   )
+  # None (the key absent): the task's default; an empty list: no evaluation at all.
+  specs = config.get("evals")
   evals = evaluators.build(
-    config.get("evals") or task.default_evals(config),
+    task.default_evals(config) if specs is None else specs,
     task.EVALUATORS,
     evaluators.Context(
       model=model,

@@ -66,6 +66,18 @@ def test_evals_list_device_and_host_evaluators_with_their_own_schedules(small_co
   assert results["test_worst_class_accuracy"] == pytest.approx(np.min(recalls), abs=1e-9)
 
 
+def test_an_empty_evals_list_trains_without_evaluating(small_config, tmp_path):
+  """No key: the task's default evaluators; an empty list: none (it used to mean the
+  default too, so a run could not skip evaluation)."""
+  small_config.evals = []
+  workdir = str(tmp_path)
+  results = loop.train_and_evaluate(small_config, workdir)
+  rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert {r["split"] for r in rows} == {"train"}
+  assert not [k for k in results if k.startswith("test_")], results
+  assert results["steps"] == small_config.total_steps
+
+
 @pytest.mark.parametrize(
   "evals, message",
   [
