@@ -84,6 +84,7 @@ from research.convert import torchvision as tv_convert  # noqa: E402
 from research.detection import faster_rcnn, roi_heads  # noqa: E402
 from research.models import layers  # noqa: E402
 from research.ops.onednn import library as onednn_library  # noqa: E402
+from research.train import host_memory  # noqa: E402
 
 NUM_CLASSES = 90  # COCO's, as torchvision's detector (91 outputs with the background)
 LEARNING_RATE, MOMENTUM = 1e-3, 0.9  # small: random weights stay finite over the steps
@@ -377,6 +378,7 @@ def main(argv=None):
         "device": device,
         "device_kind": jax.devices()[0].device_kind,
         "flax_conv": conv,
+        "keep_freed_memory": host_memory.kept(),
         "image_hw": list(images.shape[1:3]),
         "size": args.size,
         "max_size": args.max_size,
@@ -426,4 +428,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  # As research.main does, before JAX starts (tests call main() in their own processes).
+  host_memory.keep_freed_memory()
   main()

@@ -172,6 +172,10 @@ def main(argv: list[str] | None = None) -> None:
   for noisy in ("absl", "jax._src", "orbax", "tensorflow_datasets"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
   argv = sys.argv[1:] if argv is None else argv
+  # Before JAX starts its CPU client: its threads take their malloc arenas then.
+  from research.train.host_memory import keep_freed_memory  # pylint: disable=import-outside-toplevel
+
+  keep_freed_memory()
   try:
     results = run(argv)
   except (ValueError, FileNotFoundError) as e:
