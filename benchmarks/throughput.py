@@ -40,6 +40,7 @@ import importlib
 import json
 import os
 import re
+import resource
 import sys
 import tempfile
 import time
@@ -145,8 +146,9 @@ def profile(fn, top: int = 12) -> str:
 
 
 def flax_timings(name, state_dict, x, labels, steps, warmup, profiled=False, conv="auto"):
-  """(train s/step, infer s/step, train FLOPs/step, profile) of the Flax model, its
-  convolutions on `conv` ("auto", "onednn" or "lax": research.models.layers)."""
+  """(train s/step, infer s/step, train FLOPs/step, minor page faults per training step,
+  profile) of the Flax model, its convolutions on `conv` ("auto", "onednn" or "lax":
+  research.models.layers)."""
   with layers.use_conv_path(conv):
     return _flax_timings(name, state_dict, x, labels, steps, warmup, profiled)
 
@@ -197,8 +199,14 @@ def _flax_timings(name, state_dict, x, labels, steps, warmup, profiled):
     state[:] = compiled(*state, x, labels)
     jax.block_until_ready(state[0])
 
-  train_s = _timed(train, steps, warmup)
-  return train_s, infer_s, flops, (profile(train) if profiled else None)
+  for _ in range(warmup):
+    train()
+  # Minor page faults of the timed steps: what keep_freed_memory removes (a fresh page the
+  # kernel maps and zeroes).
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  train_s = _timed(train, steps, 0)
+  faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
+  return train_s, infer_s, flops, faults, (profile(train) if profiled else None)
 
 
 def torch_timings(tv_name, kwargs, x, labels, steps, warmup, device):
@@ -296,7 +304,7 @@ def main(argv=None):
     t_train, t_infer, state_dict = torch_timings(
       tv_name, kwargs, x, labels, args.steps, args.warmup, device
     )
-    f_train, f_infer, flops, step_profile = flax_timings(
+    f_train, f_infer, flops, faults, step_profile = flax_timings(
       name, state_dict, x, labels, args.steps, args.warmup, profiled=args.profile, conv=paths[0]
     )
     row = {
@@ -312,6 +320,7 @@ def main(argv=None):
       "flax_infer_img_s": args.batch / f_infer,
       "torch_infer_img_s": args.batch / t_infer,
       "flax_train_flops_per_step": flops,
+      "flax_train_page_faults_per_step": faults,
       "flax_train_fraction_of_peak": flops / f_train / peak if flops else None,
       "matmul_peak_flop_s": peak,
     }
@@ -319,7 +328,7 @@ def main(argv=None):
     row["infer_ratio"] = row["flax_infer_img_s"] / row["torch_infer_img_s"]
     lax_columns = ""
     if len(paths) > 1:
-      l_train, l_infer, _, _ = flax_timings(
+      l_train, l_infer, _, _, _ = flax_timings(
         name, state_dict, x, labels, args.steps, args.warmup, conv="lax"
       )
       row["flax_lax_train_img_s"] = args.batch / l_train

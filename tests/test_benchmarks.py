@@ -32,6 +32,8 @@ def test_throughput_rows_and_profile(tmp_path, capsys):
     assert row[key] > 0
   # ResNet-18 at 64x64: 2 * 0.15 GFLOP forward per image, about three times that per step.
   assert 0.5e9 < row["flax_train_flops_per_step"] / row["batch"] < 2e9
+  assert row["flax_train_page_faults_per_step"] >= 0
+  assert row["keep_freed_memory"] is False  # main() alone, as tests call it, leaves malloc be
   printed = capsys.readouterr().out
   assert "one Flax training step of resnet.ResNet18" in printed
   assert "worker threads" in printed
