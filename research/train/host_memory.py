@@ -54,13 +54,16 @@ def keep_freed_memory() -> bool:
     return False
   mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
   # mallopt's value is an int; glibc reads M_TRIM_THRESHOLD's as a size_t, so -1 is no limit.
-  settings = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1), (M_ARENA_MAX, 1))
-  _applied = all(mallopt(param, value) == 1 for param, value in settings)
+  settings = {"M_MMAP_MAX": (M_MMAP_MAX, 0), "M_TRIM_THRESHOLD": (M_TRIM_THRESHOLD, -1)}
+  settings["M_ARENA_MAX"] = (M_ARENA_MAX, 1)
+  # Every setting is tried, so that the log names exactly the ones refused.
+  refused = [name for name, (param, value) in settings.items() if mallopt(param, value) != 1]
+  _applied = not refused
   logging.getLogger(__name__).info(
     "Host memory: %s",
-    "freed blocks are kept for reuse (glibc: no mmap, no trim, one arena)"
-    if _applied
-    else "mallopt refused a setting; glibc's defaults stay",
+    f"mallopt refused {refused}; the others are set"
+    if refused
+    else "freed blocks are kept for reuse (glibc: no mmap, no trim, one arena)",
   )
   return _applied
 
