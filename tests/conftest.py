@@ -64,6 +64,22 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 gc.set_threshold(10_000, 20, 20)
 
 
+# glibc keeps the test process's freed memory for reuse (research.train.host_memory), as the
+# command line does, before anything starts JAX's CPU client: without it every call of a
+# large jitted program faults its temporaries in afresh. RESEARCH_KEEP_FREED_MEMORY=0 turns
+# it off here too.
+from research.train import host_memory  # noqa: E402
+
+if host_memory.keep_freed_memory():
+  # The same for child processes (notebook kernels, runs started with subprocess), through
+  # glibc's tunables, read when a process starts.
+  _TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4611686018427387904"
+  _TUNABLES += ":glibc.malloc.arena_max=1"
+  os.environ["GLIBC_TUNABLES"] = ":".join(
+    filter(None, [os.environ.get("GLIBC_TUNABLES"), _TUNABLES])
+  )
+
+
 def pytest_xdist_auto_num_workers(config):
   """`-n auto`: two workers where two cores are free (each uses every core when the
   other waits), one on a single core."""
