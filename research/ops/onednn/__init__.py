@@ -5,9 +5,10 @@
     onednn.status()             # (available, "oneDNN 3.2.0, 2 threads" or why not)
     y = onednn.conv2d(x, w, b, strides=(2, 2), padding=((3, 3), (3, 3)))
 
-The models do not call it yet: routing every model convolution here on a CPU backend
-(research.models.layers, lax on GPUs and TPUs, RESEARCH_CONV=lax to force lax) is the
-next step of its issue.
+Every model convolution comes here on a CPU backend where the extension is available
+(research.models.layers; lax on GPUs and TPUs, RESEARCH_CONV=lax forces lax). Activations
+stay NHWC and weights HWIO, the models' own arrays; the extension reorders weights, and the
+weight gradient's inputs, into the layouts oneDNN chooses (blocked on AVX2 and AVX-512).
 """
 
 from research.ops.onednn.convolution import Geometry, conv2d, plan

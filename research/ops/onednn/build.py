@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("conv.cc")
-ABI = 3  # kAbi in conv.cc
+ABI = 4  # kAbi in conv.cc
 FLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC", "-fopenmp", "-Wno-return-type", "-Wno-attributes")
 
 
