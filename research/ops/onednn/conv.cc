@@ -148,8 +148,8 @@ Entry& Lookup(const Geometry& g, char kind) {
     entry.scratch = pd.scratchpad_desc();
   } else {
     // x and dy in the layouts oneDNN chooses, not NHWC: on AVX2 its NHWC weight gradient
-    // ran at a third of the blocked one's speed (VGG-16's 224 x 224, 64 -> 64 layer at
-    // batch 16: 2.8 s against 0.7 s, two cores), far more than the two reorders cost.
+    // is slow at large maps (VGG-16's 224 x 224, 64 -> 64 layer at batch 16, two cores of
+    // an AMD EPYC: 2.8 s in NHWC, 0.6 s blocked with both reorders).
     auto hint = g.ForwardDesc(dnnl::prop_kind::forward_training);
     dnnl::convolution_backward_weights::primitive_desc pd(
         Engine(), dnnl::algorithm::convolution_direct, g.AnySrc(), g.AnyWeights(), g.Bias(),
