@@ -115,6 +115,28 @@ def test_vmap_over_images_kernels_and_both():
 
 
 @needs_onednn
+def test_strided_one_by_one_input_gradient_under_vmap_and_grad_of_grad():
+  """A 1x1 stride-2 kernel's input gradient is a stride-1 call spread out with zeros: under
+  vmap (mapped images and kernels) and in the input-gradient penalty's double pass."""
+  rng = np.random.default_rng(3)
+  xs = jnp.asarray(rng.normal(size=(2, 2, 9, 10, 4)), jnp.float32)
+  ws = jnp.asarray(rng.normal(size=(2, 1, 1, 4, 6)), jnp.float32)
+  args = ((2, 3), ((0, 0), (0, 0)), (1, 1), 1)
+
+  def penalty(conv):
+    def loss(x, w):
+      dx = jax.grad(lambda x: jnp.sum(jnp.tanh(conv(x, w, None, *args))))(x)
+      return jnp.sum(dx**2) + jnp.sum(dx[:, ::2, ::3])
+
+    return jax.jit(jax.vmap(jax.value_and_grad(loss, (0, 1))))
+
+  for ours, ref in zip(
+    jax.tree.leaves(penalty(_ours)(xs, ws)), jax.tree.leaves(penalty(_lax)(xs, ws)), strict=True
+  ):
+    _close(ours, ref)
+
+
+@needs_onednn
 def test_grad_of_grad_and_pmap():
   """The input-gradient penalty's double backward pass, and a pmapped step."""
   rng = np.random.default_rng(2)

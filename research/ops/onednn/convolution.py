@@ -17,6 +17,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from research.ops.onednn import library
 
@@ -118,6 +119,21 @@ conv.defvjp(_conv_fwd, _conv_bwd)
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def backward_data(dy, w, geometry: Geometry):
   """dx [N, H, W, C] of dy [N, oh, ow, F] through w (the transpose of `conv` in x)."""
+  if geometry.kernel_hw == (1, 1) and geometry.strides != (1, 1):
+    # A strided 1x1 kernel reads every s-th pixel only (`plan` cut the rest and allows no
+    # padding): its input gradient is the stride-1 one on that grid, spread out with zeros.
+    # oneDNN 3.2's own strided backward-data ran at a third of that speed on AVX2 (ResNet-50's
+    # 1x1 stride-2 projections at batch 16: 95-152 ms against 30-40 ms in torch).
+    sh, sw = geometry.strides
+    dense = dataclasses.replace(geometry, in_hw=geometry.out_hw, strides=(1, 1))
+    dx = _backward_data(dy, w, dense)
+    return lax.pad(
+      dx, jnp.zeros((), dx.dtype), ((0, 0, 0), (0, 0, sh - 1), (0, 0, sw - 1), (0, 0, 0))
+    )
+  return _backward_data(dy, w, geometry)
+
+
+def _backward_data(dy, w, geometry: Geometry):
   shape = jax.ShapeDtypeStruct(
     (dy.shape[0], *geometry.in_hw, w.shape[2] * geometry.groups), jnp.float32
   )
