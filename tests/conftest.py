@@ -73,10 +73,8 @@ from research.train import host_memory  # noqa: E402
 if host_memory.keep_freed_memory():
   # The same for child processes (notebook kernels, runs started with subprocess), through
   # glibc's tunables, read when a process starts.
-  _TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4611686018427387904"
-  _TUNABLES += ":glibc.malloc.arena_max=1"
   os.environ["GLIBC_TUNABLES"] = ":".join(
-    filter(None, [os.environ.get("GLIBC_TUNABLES"), _TUNABLES])
+    filter(None, [os.environ.get("GLIBC_TUNABLES"), host_memory.GLIBC_TUNABLES])
   )
 
 

@@ -33,6 +33,16 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
 M_ARENA_MAX = -8
 
+# Each setting: its mallopt parameter and value, and glibc's tunable with the same effect
+# for processes started later (GLIBC_TUNABLES, read at their start; the tests' children).
+# mallopt's value is an int; glibc reads M_TRIM_THRESHOLD's as a size_t, so -1 is no limit.
+_SETTINGS = {
+  "M_MMAP_MAX": (M_MMAP_MAX, 0, "glibc.malloc.mmap_max=0"),
+  "M_TRIM_THRESHOLD": (M_TRIM_THRESHOLD, -1, f"glibc.malloc.trim_threshold={2**62}"),
+  "M_ARENA_MAX": (M_ARENA_MAX, 1, "glibc.malloc.arena_max=1"),
+}
+GLIBC_TUNABLES = ":".join(tunable for _, _, tunable in _SETTINGS.values())
+
 _applied: bool | None = None
 
 
@@ -53,11 +63,8 @@ def keep_freed_memory() -> bool:
   except (OSError, AttributeError):  # not glibc
     return False
   mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-  # mallopt's value is an int; glibc reads M_TRIM_THRESHOLD's as a size_t, so -1 is no limit.
-  settings = {"M_MMAP_MAX": (M_MMAP_MAX, 0), "M_TRIM_THRESHOLD": (M_TRIM_THRESHOLD, -1)}
-  settings["M_ARENA_MAX"] = (M_ARENA_MAX, 1)
   # Every setting is tried, so that the log names exactly the ones refused.
-  refused = [name for name, (param, value) in settings.items() if mallopt(param, value) != 1]
+  refused = [name for name, (param, value, _) in _SETTINGS.items() if mallopt(param, value) != 1]
   _applied = not refused
   logging.getLogger(__name__).info(
     "Host memory: %s",
